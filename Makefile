@@ -1,0 +1,33 @@
+# duat: the two commands of the README, and a few helpers.
+#   make lab   - JupyterLab on notebooks/ (creates .venv on first use)
+#   make test  - unit tests + every notebook under pytest --nbval
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.duat-installed
+PORT   ?= 8888
+
+.PHONY: lab test venv unit notebooks bench clean-venv
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e ".[test]"
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=notebooks --port=$(PORT)
+
+# Quick profile for tests (the notebooks read DUAT_PROFILE; 'full' is opt-in).
+test: $(STAMP)
+	DUAT_PROFILE=quick $(BIN)/python -m pytest --nbval tests notebooks
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+notebooks: $(STAMP)
+	DUAT_PROFILE=quick $(BIN)/python -m pytest --nbval notebooks
+
+clean-venv:
+	rm -rf $(VENV)

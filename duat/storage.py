@@ -1,0 +1,78 @@
+"""Writing results and checkpoints so that nothing is lost.
+
+Every file is written to a temporary name in the same folder, flushed, and renamed over
+the target (an atomic step on POSIX and Windows), so a killed run leaves either the old
+file or the new one, never half of one. Output folders of earlier runs are not reused
+unless the caller says `overwrite=True`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save through a temporary file and a rename."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> Path:
+    """matplotlib's savefig through a temporary file and a rename."""
+    import io
+
+    path = Path(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", **kwargs)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def prepare_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Create `path` for a new run's outputs.
+
+    A folder that already holds files belongs to an earlier run: refuse with
+    FileExistsError unless `overwrite` is True (then files are replaced one by one, each
+    atomically, as the new run writes them).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(f"{path} already holds the results of an earlier run; "
+                              f"pass overwrite=True (CLI: --overwrite) to replace them, "
+                              f"or choose another output folder")
+    path.mkdir(parents=True, exist_ok=True)
+    return path

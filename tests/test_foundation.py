@@ -1,0 +1,138 @@
+"""The foundation: a light import, the command line, device choice, seeding, storage."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from duat import cli, runtime, storage
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "duat", *args], capture_output=True, text=True)
+
+
+def test_import_duat_is_light():
+    code = ("import sys, duat, duat.runtime, duat.storage, duat.cli; "
+            "heavy = [m for m in ('torch', 'torchvision', 'sklearn', 'matplotlib', 'ipywidgets') "
+            "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_info_prints_the_device():
+    out = run_cli("info")
+    assert out.returncode == 0, out.stderr
+    assert "device " in out.stdout and "torch " in out.stdout
+    device_line = next(line for line in out.stdout.splitlines() if line.startswith("device "))
+    assert device_line.split()[-1] in ("cuda", "mps", "cpu")
+
+
+def test_info_json_is_parseable():
+    out = run_cli("info", "--json")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["device"] in info["available_devices"]
+    assert info["torch_threads"] >= 1
+
+
+@pytest.mark.parametrize("args", [["no-such-command"], ["info", "--no-such-option"], []])
+def test_bad_usage_exits_2_with_usage(args):
+    out = run_cli(*args)
+    assert out.returncode == 2
+    assert "usage: duat" in out.stderr
+
+
+def test_help_lists_every_command():
+    out = run_cli("--help")
+    assert out.returncode == 0
+    for name in cli.COMMANDS:
+        assert name in out.stdout
+
+
+def test_select_device_auto_and_cpu():
+    import torch
+
+    assert runtime.select_device("cpu") == torch.device("cpu")
+    assert runtime.select_device().type == runtime.available_devices()[0]
+
+
+def test_select_device_refuses_absent_or_bogus_devices(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="not available.*available: "):
+        runtime.select_device("cuda")
+    with pytest.raises(ValueError, match="not a device name"):
+        runtime.select_device("gpu-please")
+
+
+def test_device_env_override(monkeypatch):
+    monkeypatch.setenv("DUAT_DEVICE", "cpu")
+    assert runtime.select_device().type == "cpu"
+
+
+def test_seed_everything_repeats_draws():
+    import numpy as np
+    import torch
+
+    runtime.seed_everything(123)
+    a = (torch.randn(5), np.random.rand(3))
+    runtime.seed_everything(123)
+    b = (torch.randn(5), np.random.rand(3))
+    assert torch.equal(a[0], b[0]) and (a[1] == b[1]).all()
+    runtime.seed_everything(124)
+    assert not torch.equal(a[0], torch.randn(5))
+
+
+@pytest.mark.parametrize("bad", [-1, 2**32, 1.5, "7", True])
+def test_seed_everything_rejects_bad_seeds(bad):
+    with pytest.raises(ValueError, match="seed"):
+        runtime.seed_everything(bad)
+
+
+def test_profile_switch(monkeypatch):
+    monkeypatch.delenv("DUAT_PROFILE", raising=False)
+    assert runtime.profile() == "quick"
+    monkeypatch.setenv("DUAT_PROFILE", "FULL")
+    assert runtime.profile() == "full"
+    with pytest.raises(ValueError, match="quick, full"):
+        runtime.profile("huge")
+
+
+def test_atomic_write_replaces_whole_file(tmp_path):
+    target = tmp_path / "sub" / "r.json"
+    storage.atomic_write_json(target, {"a": 1})
+    storage.atomic_write_json(target, {"a": 2})
+    assert json.loads(target.read_text()) == {"a": 2}
+    assert [p.name for p in target.parent.iterdir()] == ["r.json"]  # no temp files left
+
+
+def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "r.txt"
+    storage.atomic_write_text(target, "old")
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        storage.atomic_write_text(target, "new")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.txt"]
+
+
+def test_prepare_output_dir_never_overwrites_silently(tmp_path):
+    out = storage.prepare_output_dir(tmp_path / "run")
+    (out / "results.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        storage.prepare_output_dir(out)
+    assert storage.prepare_output_dir(out, overwrite=True) == out
+
+
+def test_atomic_torch_save_roundtrip(tmp_path):
+    import torch
+
+    path = storage.atomic_torch_save({"w": torch.arange(4)}, tmp_path / "ck.pt")
+    assert torch.equal(torch.load(path)["w"], torch.arange(4))
