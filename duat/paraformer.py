@@ -224,7 +224,7 @@ class ParallelStage(nn.Module):
 
     def to_reference(self) -> ReferenceStage:
         n, D = self.qkv_weight.shape[0], self.qkv_weight.shape[2]
-        mlp_ratio = self.fc1_weight.shape[1] / D
+        mlp_ratio = (self.fc1_weight.shape[1] + 0.5) / D  # int(D * ratio) == H, whatever the rounding
         blocks = [Block(D, self.heads, mlp_ratio, self.norm_eps, self.has_qkv_bias,
                         self.dropout, self.attn_dropout) for _ in range(n)]
         with torch.no_grad():

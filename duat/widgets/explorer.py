@@ -1,0 +1,263 @@
+"""The depth/width explorer: time Para-Former-m-n against the serial ViT-(m*n) of the same
+FLOPs on this device, and place both on a latency-vs-layers plot with the FLOP bound.
+
+The maths is PAPER.md section 4: both models have m*n encoder layers and the same FLOPs;
+the serial one must run them one after another, Para-Former runs each stage's n layers
+as one batched computation. Timing uses the benchmark's own code (duat.bench.harness).
+"""
+from __future__ import annotations
+
+import html
+import time
+
+import ipywidgets as w
+import torch
+
+from duat.counting import count_parameters, flops
+from duat.registry import create_model, model_config
+from duat.runtime import available_devices
+from duat.widgets.render import figure_png, html_table, new_figure
+
+DIMS = [32, 64, 96, 128, 192, 256, 384]
+HEADS = [1, 2, 3, 4, 6, 8]
+BATCHES = [1, 2, 4, 8, 16, 32, 64]
+DEVICES = ["cpu", "cuda", "mps"]
+
+TABLE_COLUMNS = [("label", "model"), ("layers", "layers m·n"), ("params", "parameters"),
+                 ("gflops", "GFLOP / pass"), ("median_ms", "latency ms (median)"),
+                 ("p25_ms", "p25"), ("p75_ms", "p75"), ("bound_ms", "FLOP bound ms"),
+                 ("device", "device"), ("batch", "batch")]
+
+
+class DepthWidthExplorer:
+    """Sliders for m, n, width D, heads, batch and device; Measure times both models.
+
+    Readable state: `.state` (the controls), `.results` (every measurement of the session,
+    newest last), `.message` (what the dashboard says), `.plot_data()` (the plotted series).
+    """
+
+    def __init__(self, depth: int = 1, width: int = 4, dim: int = 64, heads: int = 4,
+                 batch: int = 1, device: str | None = None, image_size: int = 32,
+                 in_channels: int = 3, patch_size: int = 4, reps: int = 15,
+                 seconds_per_model: float = 2.0):
+        self.image = dict(image_size=image_size, in_channels=in_channels, patch_size=patch_size)
+        self.reps, self.seconds_per_model = reps, seconds_per_model
+        self.results: list[dict] = []
+        self._peaks: dict[str, float] = {}
+        style = {"description_width": "90px"}
+        slider = dict(continuous_update=False, style=style, layout=w.Layout(width="330px"))
+        self.depth = w.IntSlider(value=depth, min=1, max=6, description="depth m", **slider)
+        self.width = w.IntSlider(value=width, min=1, max=16, description="width n", **slider)
+        self.dim = w.Dropdown(options=DIMS, value=dim, description="dim D", style=style)
+        self.heads = w.Dropdown(options=HEADS, value=heads, description="heads", style=style)
+        self.batch = w.Dropdown(options=BATCHES, value=batch, description="batch", style=style)
+        self.device = w.Dropdown(options=DEVICES, value=device or available_devices()[0],
+                                 description="device", style=style)
+        self.measure_button = w.Button(description="Measure", button_style="primary",
+                                       icon="stopwatch", tooltip="time both models now")
+        self.clear_button = w.Button(description="Clear", tooltip="forget the measurements")
+        self.message_html = w.HTML()
+        self.table_html = w.HTML()
+        self.plot = w.Image(format="png", layout=w.Layout(width="640px"))
+        for control in self.controls:
+            control.observe(self._on_change, names="value")
+        self.measure_button.on_click(lambda _: self.measure())
+        self.clear_button.on_click(lambda _: self.clear())
+        self.widget = w.VBox([
+            w.HBox([w.VBox([self.depth, self.width]), w.VBox([self.dim, self.heads]),
+                    w.VBox([self.batch, self.device])]),
+            w.HBox([self.measure_button, self.clear_button]),
+            self.message_html, self.table_html, self.plot])
+        self._on_change()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def controls(self):
+        return [self.depth, self.width, self.dim, self.heads, self.batch, self.device]
+
+    @property
+    def state(self) -> dict:
+        return dict(depth=self.depth.value, width=self.width.value, dim=self.dim.value,
+                    heads=self.heads.value, batch=self.batch.value, device=self.device.value)
+
+    @property
+    def message(self) -> str:
+        return self.message_html.value
+
+    def problem(self) -> str | None:
+        """Why the current choice cannot be measured, or None."""
+        s = self.state
+        if s["dim"] % s["heads"]:
+            return (f"dim {s['dim']} is not divisible by {s['heads']} heads: "
+                    f"choose heads in {[h for h in HEADS if s['dim'] % h == 0]}")
+        if s["device"] not in available_devices():
+            return (f"device '{s['device']}' is not present on this machine; "
+                    f"available: {', '.join(available_devices())}")
+        return None
+
+    def model_names(self) -> tuple[str, str]:
+        s = self.state
+        return f"pf-{s['depth']}-{s['width']}", f"vit-{s['depth'] * s['width']}"
+
+    def _config(self, name: str):
+        s = self.state
+        return model_config(name, dim=s["dim"], heads=s["heads"], **self.image)
+
+    def rows(self) -> list[dict]:
+        """The table: the two models of the current choice (analytic columns always, and
+        latency once measured), then earlier measurements, newest first."""
+        s, rows = self.state, []
+        if self.problem() is None:
+            for name in self.model_names():
+                c = self._config(name)
+                last = self._last(name)
+                rows.append(last or dict(label=_label(name), layers=c.layers,
+                                         params=_params(c), gflops=flops(c, s["batch"]) / 1e9,
+                                         device=s["device"], batch=s["batch"]))
+        shown = {id(r) for r in rows}
+        rows += [r for r in reversed(self.results) if id(r) not in shown]
+        return rows
+
+    def _last(self, name: str) -> dict | None:
+        s = self.state
+        for r in reversed(self.results):
+            if r["model"] == name and all(r[k] == s[k] for k in ("dim", "heads", "batch", "device")):
+                return r
+        return None
+
+    def _on_change(self, change=None) -> None:
+        problem = self.problem()
+        self.measure_button.disabled = False  # stays clickable: a click explains the problem
+        self._say(f"<b style='color:#b00'>{problem}</b>" if problem else
+                  f"{' vs '.join(_label(n) for n in self.model_names())}: same FLOPs. "
+                  f"Press <b>Measure</b> to time both on {self.state['device']}.")
+        self.refresh()
+
+    def _say(self, text: str) -> None:
+        self.message_html.value = text
+
+    # ------------------------------------------------------------------ measuring
+    def peak_gflops(self, device: str) -> float:
+        """The device's matmul rate (measured once per device, cached)."""
+        if device not in self._peaks:
+            from duat.bench.harness import matmul_peak
+
+            sizes = (512, 1024) if device == "cpu" else None
+            self._peaks[device] = matmul_peak(device, "float32", sizes=sizes, reps=5)["gflops"]
+        return self._peaks[device]
+
+    def measure(self) -> list[dict] | None:
+        """Time Para-Former-m-n and serial ViT-(m*n); returns the two new records, or None
+        (with a message on the dashboard) when the choice cannot be measured."""
+        problem = self.problem()
+        if problem:
+            self._say(f"<b style='color:#b00'>cannot measure: {problem}</b>")
+            return None
+        from duat.bench.harness import summarize, time_calls
+
+        s = self.state
+        device = torch.device(s["device"])
+        self._say("measuring ...")
+        self.measure_button.disabled = True
+        try:
+            peak = self.peak_gflops(s["device"])
+            new = []
+            for name in self.model_names():
+                torch.manual_seed(0)
+                model = create_model(name, dim=s["dim"], heads=s["heads"], **self.image).eval().to(device)
+                x = torch.randn(s["batch"], self.image["in_channels"], self.image["image_size"],
+                                self.image["image_size"], device=device)
+                with torch.inference_mode():
+                    first = time_calls(lambda: model(x), 2, device)[-1]
+                    reps = int(max(3, min(self.reps, self.seconds_per_model / max(first, 1e-6))))
+                    stats = summarize(time_calls(lambda: model(x), reps, device))
+                fl = flops(model.config, s["batch"])
+                new.append(dict(model=name, label=_label(name), layers=model.config.layers,
+                                depth=model.config.depth, width=model.config.width,
+                                params=count_parameters(model), gflops=fl / 1e9, reps=reps,
+                                median_ms=stats["median_ms"], p25_ms=stats["p25_ms"],
+                                p75_ms=stats["p75_ms"], bound_ms=fl / (peak * 1e9) * 1e3,
+                                peak_gflops=peak, **{k: s[k] for k in ("dim", "heads", "batch", "device")},
+                                time=time.strftime("%H:%M:%S")))
+                del model
+        except Exception as err:  # shown on the dashboard, never raised into the page
+            self._say(f"<b style='color:#b00'>measurement failed: {type(err).__name__}: {html.escape(str(err))}</b>")
+            return None
+        finally:
+            self.measure_button.disabled = False
+        self.results.extend(new)
+        pf, vit = new
+        self._say(f"{pf['label']}: {pf['median_ms']:.3g} ms, {vit['label']}: {vit['median_ms']:.3g} ms "
+                  f"(serial / parallel = {vit['median_ms'] / pf['median_ms']:.2f}x) on {s['device']}, "
+                  f"batch {s['batch']}")
+        self.refresh()
+        return new
+
+    def clear(self) -> None:
+        self.results.clear()
+        self._on_change()
+
+    # ------------------------------------------------------------------ plot
+    def plot_data(self) -> dict:
+        """Series for the current (dim, heads, batch, device): layers -> median ms for the
+        parallel and the serial models, and the FLOP-bound line flops / peak."""
+        s = self.state
+        same = [r for r in self.results if all(r[k] == s[k] for k in ("dim", "heads", "batch", "device"))]
+        series = {"parallel": sorted((r["layers"], r["median_ms"], r["p25_ms"], r["p75_ms"], r["model"])
+                                     for r in same if r["model"].startswith("pf")),
+                  "serial": sorted((r["layers"], r["median_ms"], r["p25_ms"], r["p75_ms"], r["model"])
+                                   for r in same if r["model"].startswith("vit"))}
+        bound = []
+        if same and s["device"] in self._peaks and self.problem() is None:
+            top = max(r["layers"] for r in same)
+            for L in range(1, top + 1):
+                c = self._config(f"vit-{L}")
+                bound.append((L, flops(c, s["batch"]) / (self._peaks[s["device"]] * 1e9) * 1e3))
+        series["bound"] = bound
+        return series
+
+    def refresh(self) -> None:
+        self.table_html.value = html_table(self.rows(), TABLE_COLUMNS)
+        data = self.plot_data()
+        fig = new_figure()
+        ax = fig.add_subplot()
+        for key, color, marker, text in (("serial", "tab:red", "s", "serial ViT-L"),
+                                         ("parallel", "tab:blue", "o", "Para-Former-m-n (batched)")):
+            pts = data[key]
+            if pts:
+                L, med, lo, hi, names = zip(*pts)
+                ax.errorbar(L, med, yerr=[[m - a for m, a in zip(med, lo)], [b - m for m, b in zip(med, hi)]],
+                            color=color, marker=marker, capsize=3, label=text)
+                for x, y, n in zip(L, med, names):
+                    ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        if data["bound"]:
+            L, ms = zip(*data["bound"])
+            ax.plot(L, ms, "k--", lw=1, label="FLOP bound (FLOPs / matmul peak)")
+        s = self.state
+        ax.set(xlabel="encoder layers m·n", ylabel="latency per forward pass (ms)",
+               title=f"D={s['dim']}, heads={s['heads']}, batch={s['batch']}, {s['device']}")
+        if data["serial"] or data["parallel"]:
+            ax.legend(fontsize=8, loc="upper left")
+            ax.set_ylim(bottom=0)
+        else:
+            ax.text(0.5, 0.5, "press Measure", ha="center", va="center", transform=ax.transAxes, color="gray")
+        self.plot.value = figure_png(fig)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def _label(name: str) -> str:
+    if name.startswith("vit-"):
+        return f"ViT-{name[4:]} (serial)"
+    m, n = name[3:].split("-")
+    return f"Para-Former-{m}-{n}"
+
+
+def _params(config) -> int:
+    from duat.paraformer import ParaFormer
+
+    with torch.device("meta"):  # count without allocating weights
+        return count_parameters(ParaFormer(config))

@@ -1,0 +1,183 @@
+"""The live trainer: pick a model and a dataset, press Start, watch loss and accuracy move
+epoch by epoch, press Stop at any time; each finished run joins a comparison table.
+
+Training runs in a background thread (duat.training.fit with a stop event), so the page
+stays responsive and Stop takes effect before the next batch. Defaults are the quick
+profile on the bundled `digits`, which needs no network.
+"""
+from __future__ import annotations
+
+import html
+import threading
+import time
+
+import ipywidgets as w
+
+from duat.widgets.render import figure_png, html_table, new_figure
+
+MODELS = ["pf-1-1", "pf-1-2", "pf-1-4", "pf-1-8", "pf-2-2", "pf-2-4", "pf-4-2",
+          "vit-2", "vit-4", "vit-8"]
+RUN_COLUMNS = [("run", "#"), ("model", "model"), ("dataset", "dataset"), ("params", "parameters"),
+               ("epochs_completed", "epochs"), ("status", "status"), ("val_acc", "val acc"),
+               ("test_acc", "test acc"), ("wall_s", "seconds")]
+
+
+class LiveTrainer:
+    """Start / Stop buttons, a progress bar, live curves and a table of the session's runs.
+
+    Readable state: `.state` (the controls), `.status` ('idle', 'running', 'finished',
+    'stopped', 'failed'), `.history` (the current run's epoch records), `.runs` (one record
+    per finished run), `.message`. `start()` returns at once; `join()` waits for the run;
+    `run()` does both (what a notebook cell or a test calls).
+    """
+
+    def __init__(self, model: str = "pf-1-4", dataset: str = "digits", epochs: int = 5,
+                 size: str = "tiny", lr: float = 2e-3, batch_size: int = 64, seed: int = 0,
+                 device: str = "cpu", fraction: float | None = None):
+        from duat.data import list_datasets
+
+        style = {"description_width": "80px"}
+        self.model = w.Dropdown(options=sorted(set(MODELS) | {model}), value=model,
+                                description="model", style=style)
+        self.dataset = w.Dropdown(options=list_datasets(), value=dataset, description="dataset", style=style)
+        self.size = w.Dropdown(options=["tiny", "small"], value=size, description="size", style=style)
+        self.epochs = w.IntSlider(value=epochs, min=1, max=50, description="epochs",
+                                  continuous_update=False, style=style)
+        self.start_button = w.Button(description="Start", button_style="success", icon="play")
+        self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
+        self.progress = w.IntProgress(value=0, min=0, max=1, description="batches", style=style)
+        self.message_html = w.HTML("<i>choose a model and press Start</i>")
+        self.plot = w.Image(format="png", layout=w.Layout(width="640px"))
+        self.table_html = w.HTML(html_table([], RUN_COLUMNS, "no runs yet"))
+        self.start_button.on_click(lambda _: self.start())
+        self.stop_button.on_click(lambda _: self.stop())
+        self.widget = w.VBox([
+            w.HBox([w.VBox([self.model, self.dataset]), w.VBox([self.size, self.epochs])]),
+            w.HBox([self.start_button, self.stop_button, self.progress]),
+            self.message_html, self.plot, self.table_html])
+        self.options = dict(lr=lr, batch_size=batch_size, seed=seed, device=device, fraction=fraction)
+        self.status = "idle"
+        self.history: list[dict] = []
+        self.runs: list[dict] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._draw()
+
+    @property
+    def state(self) -> dict:
+        return dict(model=self.model.value, dataset=self.dataset.value, size=self.size.value,
+                    epochs=self.epochs.value, **self.options)
+
+    @property
+    def message(self) -> str:
+        return self.message_html.value
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # ------------------------------------------------------------------ control
+    def start(self) -> bool:
+        """Start a run in the background; False (with a message) if one is running."""
+        if self.running:
+            self._say("a run is already in progress: press Stop first")
+            return False
+        self._stop.clear()
+        self.history = []
+        self.status = "running"
+        self.start_button.disabled, self.stop_button.disabled = True, False
+        self.progress.value = 0
+        self._thread = threading.Thread(target=self._run, args=(dict(self.state),), daemon=True)
+        self._thread.start()
+        return True
+
+    def stop(self) -> None:
+        """Ask the run to stop; it does so before its next batch."""
+        self._stop.set()
+        if self.running:
+            self._say("stopping after the current batch ...")
+
+    def join(self, timeout: float | None = None) -> str:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.status
+
+    def run(self, timeout: float | None = None) -> str:
+        """Start and wait: for a notebook cell or a test."""
+        self.start()
+        return self.join(timeout)
+
+    # ------------------------------------------------------------------ the run
+    def _run(self, s: dict) -> None:
+        import torch
+
+        from duat.counting import count_parameters
+        from duat.data import load_data
+        from duat.registry import create_model
+        from duat.runtime import seed_everything, select_device
+        from duat.training import TrainConfig, evaluate, fit
+
+        t0 = time.perf_counter()
+        try:
+            device = select_device(s["device"])
+            self._say(f"loading {s['dataset']} ...")
+            seed_everything(s["seed"])
+            data = load_data(s["dataset"], fraction=s["fraction"], seed=s["seed"])
+            model = create_model(s["model"], size=s["size"], **data.model_kwargs())
+            train, val, test = data.loaders(batch_size=s["batch_size"], seed=s["seed"])
+            self.progress.max = s["epochs"] * len(train)
+            self._say(f"training {s['model']} ({count_parameters(model):,} parameters) on "
+                      f"{len(data.train)} {s['dataset']} images, {device} ...")
+            config = TrainConfig(epochs=s["epochs"], lr=s["lr"], seed=s["seed"], device=str(device),
+                                 warmup_epochs=min(1.0, s["epochs"] / 5))
+            result = fit(model, train, val, config, callbacks=[self._on_event],
+                         stop_event=self._stop, progress=False)
+            with torch.no_grad():
+                test_acc = evaluate(result.model, test)["accuracy"] if result.history else None
+            self.status = "finished" if result.status == "completed" else "stopped"
+            last = result.history[-1] if result.history else {}
+            self.runs.append(dict(run=len(self.runs) + 1, model=s["model"], dataset=s["dataset"],
+                                  size=s["size"], params=count_parameters(model),
+                                  epochs_completed=result.epochs_completed, status=self.status,
+                                  val_acc=last.get("val_acc"), test_acc=test_acc,
+                                  wall_s=time.perf_counter() - t0))
+            self._say(f"{self.status}: {result.epochs_completed} epoch(s) of {s['model']}"
+                      + (f", test accuracy {test_acc:.3f}" if test_acc is not None else ""))
+        except Exception as err:  # shown on the dashboard, never raised into the page
+            self.status = "failed"
+            self._say(f"<b style='color:#b00'>{type(err).__name__}: {html.escape(str(err))}</b>")
+        finally:
+            self.start_button.disabled, self.stop_button.disabled = False, True
+            self.table_html.value = html_table(self.runs, RUN_COLUMNS, "no runs yet")
+
+    def _on_event(self, event) -> None:
+        self.progress.value = min(event.step, self.progress.max)
+        if event.kind == "epoch":
+            self.history = list(event.history)
+            self._draw()
+
+    def _say(self, text: str) -> None:
+        self.message_html.value = text
+
+    def _draw(self) -> None:
+        fig = new_figure(8.0, 3.0)
+        ax_loss, ax_acc = fig.subplots(1, 2)
+        h = self.history
+        if h:
+            ep = [r["epoch"] for r in h]
+            ax_loss.plot(ep, [r["train_loss"] for r in h], "o-", label="train")
+            if "val_loss" in h[0]:
+                ax_loss.plot(ep, [r["val_loss"] for r in h], "s-", label="validation")
+            ax_acc.plot(ep, [r["train_acc"] for r in h], "o-", label="train")
+            if "val_acc" in h[0]:
+                ax_acc.plot(ep, [r["val_acc"] for r in h], "s-", label="validation")
+            ax_loss.legend(fontsize=8)
+            ax_acc.legend(fontsize=8)
+        ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+        ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+        self.plot.value = figure_png(fig)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
