@@ -8,8 +8,8 @@ ROOT = Path(__file__).resolve().parent
 
 # Notebooks and tests run the quick profile unless the caller chose another.
 os.environ.setdefault("DUAT_PROFILE", "quick")
-# Headless plotting inside tests (notebook kernels use the inline backend themselves).
-os.environ.setdefault("MPLBACKEND", "Agg")
+# No MPLBACKEND here: it would reach nbval's kernels and silence their inline plots.
+# (Tests that plot use matplotlib.figure.Figure or Agg explicitly; headless runs default to Agg.)
 
 
 def pytest_configure(config):

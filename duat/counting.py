@@ -16,7 +16,7 @@ def count_parameters(model, trainable_only: bool = False) -> int:
 
 def flops_breakdown(config: ParaFormerConfig, batch: int = 1) -> dict[str, int]:
     """FLOPs of one forward pass of ParaFormer(config) on `batch` images, by part."""
-    if not isinstance(batch, int) or batch < 1:
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"batch must be an int >= 1, got {batch!r}")
     c = config
     B, T, D, H, L = batch, c.num_tokens, c.dim, c.hidden_dim, c.layers

@@ -23,7 +23,7 @@ mean pooling, learned position embedding, final norm, linear classifier.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -395,13 +395,13 @@ class ParaFormer(nn.Module):
     def to_reference(self) -> "ParaFormer":
         self.stages = nn.ModuleList(s.to_reference() if isinstance(s, ParallelStage) else s
                                     for s in self.stages)
-        self.config.stage = "reference"
+        self.config = replace(self.config, stage="reference")  # never mutate a shared config
         return self
 
     def to_batched(self) -> "ParaFormer":
         self.stages = nn.ModuleList(ParallelStage.from_reference(s) if isinstance(s, ReferenceStage)
                                     else s for s in self.stages)
-        self.config.stage = "batched"
+        self.config = replace(self.config, stage="batched")
         return self
 
     def blocks(self) -> list[list[Block]]:
