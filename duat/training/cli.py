@@ -1,0 +1,147 @@
+"""`duat train`: train a named model on a dataset, with checkpoints and resume.
+
+    duat train --model pf-1-8 --dataset digits --epochs 20
+    duat train --model vit-4 --dataset digits --fraction 0.25 --out runs/vit4-quarter
+    duat train --model vit-4 --dataset digits --fraction 0.25 --out runs/vit4-quarter --epochs 40 --resume
+
+A run writes into its folder (default runs/<model>-<dataset>-seed<seed>): checkpoint.pt
+(after every epoch, atomically), history.csv (loss / accuracy / throughput per epoch),
+results.json (config, seed, device, versions, wall time, test accuracy) and curves.png.
+A folder that holds an earlier run is never overwritten unless --overwrite is given;
+--resume continues the run in it. Bad input exits with status 2 and says what was
+expected; Ctrl-C keeps the last checkpoint, writes the history so far and exits 130.
+PAPER.md section 5.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    m = parser.add_argument_group("model")
+    m.add_argument("--model", default="pf-1-8", help="'vit-L' or 'pf-m-n' (default pf-1-8)")
+    m.add_argument("--size", default="tiny", help="tiny | small | base (default tiny)")
+    m.add_argument("--patch-size", type=int, default=None, help="patch size (default: from the image size)")
+    m.add_argument("--dropout", type=float, default=None, help="dropout rate (default 0)")
+    d = parser.add_argument_group("data")
+    d.add_argument("--dataset", default="digits",
+                   help="digits (bundled, offline) | mnist | fashion-mnist | cifar10 | cifar100")
+    d.add_argument("--data-root", default=None, help="dataset cache folder (default $DUAT_DATA or data/)")
+    d.add_argument("--no-download", action="store_true", help="never download missing files")
+    d.add_argument("--fraction", type=float, default=None, help="train on this share (0, 1] of the training set")
+    d.add_argument("--per-class", type=int, default=None, help="train on this many examples per class")
+    d.add_argument("--num-classes", type=int, default=None, help="keep this many classes (chosen by the seed)")
+    t = parser.add_argument_group("training")
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")
+    t.add_argument("--min-lr", type=float, default=0.0, help="end of the cosine decay")
+    t.add_argument("--warmup-epochs", type=float, default=1.0)
+    t.add_argument("--weight-decay", type=float, default=0.05)
+    t.add_argument("--label-smoothing", type=float, default=0.0)
+    t.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm; 0 turns clipping off")
+    t.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    o = parser.add_argument_group("output")
+    o.add_argument("--out", default=None, help="run folder (default runs/<model>-<dataset>-seed<seed>)")
+    o.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out")
+    o.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _train(args)
+    except (ValueError, TypeError, FileExistsError, FileNotFoundError) as err:
+        print(f"duat train: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from duat.data import dataset_info, load_data
+    from duat.experiments import write_csv
+    from duat.registry import create_model, model_config
+    from duat.runtime import environment_info, seed_everything, select_device
+    from duat.storage import atomic_savefig, atomic_write_json, prepare_output_dir
+    from duat.training.engine import TrainConfig, evaluate, fit, load_checkpoint
+    from duat.training.live import plot_history
+
+    # 1. Check everything that can be checked before touching any file.
+    info = dataset_info(args.dataset)
+    overrides = {k: v for k, v in (("patch_size", args.patch_size), ("dropout", args.dropout))
+                 if v is not None}
+    model_config(args.model, args.size, image_size=info.image_size,
+                 in_channels=info.in_channels, **overrides)          # unknown name -> ValueError
+    config = TrainConfig(epochs=args.epochs, lr=args.lr, min_lr=args.min_lr,
+                         warmup_epochs=args.warmup_epochs, weight_decay=args.weight_decay,
+                         label_smoothing=args.label_smoothing,
+                         grad_clip=args.grad_clip if args.grad_clip > 0 else None,
+                         amp=not args.no_amp, seed=args.seed, device=args.device)
+    device = select_device(args.device)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    out = Path(args.out or f"runs/{args.model}-{info.name}-seed{args.seed}")
+    ckpt = out / "checkpoint.pt"
+    if args.resume and args.overwrite:
+        raise ValueError("give --resume (continue the run in --out) or --overwrite (replace it), not both")
+    if args.resume and not ckpt.is_file():
+        raise FileNotFoundError(f"nothing to resume: no checkpoint at {ckpt}")
+
+    splits = load_data(info.name, root=args.data_root, download=not args.no_download,
+                       fraction=args.fraction, per_class=args.per_class,
+                       num_classes=args.num_classes, seed=args.seed)
+    seed_everything(args.seed)
+    model = create_model(args.model, args.size, **splits.model_kwargs(), **overrides)
+    if args.resume:
+        load_checkpoint(ckpt, model)  # refuse another architecture before anything is written
+    else:
+        prepare_output_dir(out, overwrite=args.overwrite)
+    train_loader, val_loader, test_loader = splits.loaders(args.batch_size, seed=args.seed)
+
+    params = sum(p.numel() for p in model.parameters())
+    print(f"training {args.model} ({params:,} parameters) on {info.name}: "
+          f"{len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test, "
+          f"{config.epochs} epochs on {device}")
+    t0 = time.perf_counter()
+    result = fit(model, train_loader, val_loader, config, checkpoint=ckpt, resume=args.resume,
+                 progress=not args.no_progress,
+                 extra={"model": args.model, "size": args.size, "data": splits.config})
+    test = evaluate(model, test_loader, label_smoothing=config.label_smoothing, amp=config.amp)
+
+    record = {
+        "command": "train", "status": result.status, "model": args.model, "size": args.size,
+        "params": params, "seed": args.seed, "device": str(device),
+        "config": {"model": model.config.to_dict() if hasattr(model, "config") else None,
+                   "train": asdict(config), "data": splits.config, "batch_size": args.batch_size},
+        "epochs_completed": result.epochs_completed, "steps": result.step,
+        "wall_time_s": time.perf_counter() - t0,
+        "test": {k: test[k] for k in ("loss", "accuracy", "samples")},
+        "final": result.history[-1] if result.history else None,
+        "history": result.history, "checkpoint": ckpt.name,
+        "environment": environment_info(),
+    }
+    atomic_write_json(out / "results.json", record)
+    write_csv(out / "history.csv", result.history)
+    if result.history:
+        import matplotlib
+
+        if "matplotlib.pyplot" not in sys.modules:
+            matplotlib.use("Agg")  # a file, not a window
+        import matplotlib.pyplot as plt
+
+        fig = plot_history(result.history, f"{args.model} on {info.name}")
+        atomic_savefig(fig, out / "curves.png", dpi=120)
+        plt.close(fig)
+    print(f"{result.status} after {result.epochs_completed} epoch(s) in {record['wall_time_s']:.1f} s; "
+          f"test accuracy {test['accuracy']:.4f} ({test['samples']} images); results in {out}/")
+    return 130 if result.status == "interrupted" else 0

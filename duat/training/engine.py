@@ -1,0 +1,443 @@
+"""The training loop: fit() and evaluate() in plain PyTorch, with checkpoints and resume.
+
+Used by `duat train`, `duat reproduce` (PAPER.md section 5: accuracy against the number
+of parallel layers, data scale and diversity) and the training notebooks. Any nn.Module
+mapping images (B, C, H, W) to logits (B, K) and any iterable of (x, y) batches will do.
+
+One optimisation step, as in nanoGPT:
+
+    lr    = lr_at(step)                           # linear warm-up, then cosine decay
+    loss  = cross_entropy(model(x), y, label_smoothing)
+    g     = clip(grad loss, max_norm)             # global gradient-norm clipping
+    theta = AdamW(theta, g, lr, weight_decay)     # no decay on biases and norm gains
+
+Mixed precision (bf16, or fp16 with a gradient scaler) is used on CUDA only. After every
+epoch a checkpoint is written atomically (temporary file + rename, duat.storage) holding
+the model's config and weights, the optimiser state, the step, epoch, seed, RNG states and
+the history, so a run resumed from it ends with exactly the weights an uninterrupted run
+would have (on CPU, same seed). Ctrl-C ends fit() early but cleanly: the last good
+checkpoint stays on disk and the history so far is returned. A `stop_event`
+(threading.Event) or a callback returning "stop" ends training before the next batch.
+"""
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from duat.runtime import seed_everything, select_device
+from duat.storage import atomic_torch_save
+
+CHECKPOINT_FORMAT = "duat-checkpoint-1"
+# Config fields that do not change the weights' layout: a checkpoint may differ in these.
+_LAYOUT_FREE = ("dropout", "attn_dropout", "debug_checks")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10                 # passes over the training set
+    lr: float = 1e-3                 # peak learning rate, reached at the end of warm-up
+    min_lr: float = 0.0              # the cosine decay ends here
+    warmup_epochs: float = 1.0       # linear warm-up from 0 to lr over this many epochs
+    weight_decay: float = 0.05       # AdamW decoupled decay on matrices (not biases, norms)
+    betas: tuple[float, float] = (0.9, 0.999)
+    label_smoothing: float = 0.0     # 0: plain cross-entropy
+    grad_clip: float | None = 1.0    # max global gradient norm; None: no clipping
+    amp: bool = True                 # mixed precision on CUDA (ignored on CPU / MPS)
+    seed: int = 0                    # seeds data order, dropout (and init, if the caller seeds first)
+    device: str = "auto"             # 'auto' (cuda > mps > cpu), 'cpu', 'cuda', ...
+    checkpoint_every: int = 1        # epochs between checkpoints (the last epoch always)
+
+    def __post_init__(self):
+        def positive_int(name):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+
+        positive_int("epochs")
+        positive_int("checkpoint_every")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr!r}")
+        if not self.warmup_epochs >= 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs!r}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
+        self.betas = tuple(self.betas)
+
+
+@dataclass
+class TrainEvent:
+    """What a callback sees: kind 'batch' (after every step) or 'epoch' (after every epoch)."""
+
+    kind: str
+    epoch: int                       # 1-based epoch this event belongs to
+    step: int                        # optimisation steps taken so far
+    loss: float | None = None        # the batch's loss ('batch' events)
+    record: dict | None = None       # the epoch's record ('epoch' events)
+    history: list = field(default_factory=list)  # every completed epoch's record
+
+
+@dataclass
+class FitResult:
+    model: nn.Module
+    history: list[dict]              # one record per completed epoch
+    status: str                      # 'completed', 'stopped' (event / callback) or 'interrupted' (Ctrl-C)
+    epochs_completed: int
+    step: int
+    checkpoint: Path | None          # the last good checkpoint, if one was written
+    wall_time_s: float
+
+
+Callback = Callable[[TrainEvent], "str | None"]
+
+
+# ----------------------------------------------------------------------------- schedule
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float = 0.0) -> float:
+    """Learning rate at a step: linear warm-up to lr, then cosine decay to min_lr."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if total_steps <= warmup_steps:
+        return lr
+    progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (biases and norm gains are 1-D)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    device = params[0].device
+    if device.type in ("cpu", "cuda"):  # one fused kernel per step: same maths, less overhead
+        return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=True)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def _model_config(model: nn.Module) -> dict | None:
+    config = getattr(model, "config", None)
+    return asdict(config) if is_dataclass(config) else None
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: str | Path, model: nn.Module | None = None,
+                    map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint written by fit(); with `model`, check it fits and load its weights.
+
+    Raises FileNotFoundError for a missing file, ValueError for a file that is not a
+    readable duat checkpoint or one written by a different architecture.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable duat checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a duat checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    if model is not None:
+        check_compatible(state, model, path)
+        model.load_state_dict(state["model_state"])
+    return state
+
+
+def check_compatible(state: dict, model: nn.Module, path: str | Path = "checkpoint") -> None:
+    """ValueError naming the differences if the checkpoint's model is not this model's."""
+    saved, current = state.get("model_config"), _model_config(model)
+    if saved is not None and current is not None:
+        diff = [f"{k}: {saved.get(k)!r} in the checkpoint, {current.get(k)!r} here"
+                for k in sorted(set(saved) | set(current))
+                if k not in _LAYOUT_FREE and saved.get(k) != current.get(k)]
+        if diff:
+            raise ValueError(f"{path} was written by a different architecture "
+                             f"({state.get('model_name') or saved}); differences: " + "; ".join(diff))
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in state["model_state"].items()}
+    if own != theirs:
+        missing = sorted(set(own) - set(theirs))[:5]
+        extra = sorted(set(theirs) - set(own))[:5]
+        shapes = [f"{k}: {theirs[k]} vs {own[k]}" for k in own if k in theirs and own[k] != theirs[k]][:5]
+        raise ValueError(f"{path} does not fit this model: missing {missing}, unexpected {extra}, "
+                         f"shape mismatches {shapes}")
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: Iterable, device: str | torch.device | None = None):
+    """(predicted classes, true labels, logits) over a loader, as CPU tensors."""
+    device = _device_of(model) if device is None else torch.device(device)
+    was_training = model.training
+    model.eval()
+    preds, labels, logits = [], [], []
+    try:
+        for x, y in loader:
+            out = model(x.to(device)).float().cpu()
+            logits.append(out)
+            preds.append(out.argmax(1))
+            labels.append(y.cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(preds), torch.cat(labels), torch.cat(logits)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device | None = None, *,
+             label_smoothing: float = 0.0, amp: bool = True) -> dict[str, float]:
+    """Mean loss, accuracy and throughput of `model` over `loader` (model left in its mode)."""
+    device = _device_of(model) if device is None else torch.device(device)
+    use_amp, amp_dtype = _amp_settings(device, amp)
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    t0 = time.perf_counter()
+    try:
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                logits = model(x)
+            loss_sum += F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing,
+                                        reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
+            count += y.numel()
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("the evaluation loader yielded no examples")
+    seconds = time.perf_counter() - t0
+    return {"loss": loss_sum / count, "accuracy": correct / count, "samples": count,
+            "seconds": seconds, "samples_per_s": count / max(seconds, 1e-9)}
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _amp_settings(device: torch.device, amp: bool) -> tuple[bool, torch.dtype]:
+    if not amp or device.type != "cuda":
+        return False, torch.float32
+    return True, (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+
+
+# ----------------------------------------------------------------------------- training
+
+def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = None,
+        config: TrainConfig | None = None, *, checkpoint: str | Path | None = None,
+        resume: bool | str | Path = False, callbacks: Sequence[Callback] = (),
+        stop_event: threading.Event | None = None, progress: bool = True,
+        extra: dict | None = None) -> FitResult:
+    """Train `model` on `train_loader`; validate on `val_loader` after every epoch.
+
+    checkpoint: file to write after every `config.checkpoint_every` epochs (atomically).
+    resume: True (continue from `checkpoint`) or a checkpoint path; the model must be the
+        same architecture. Weights, optimiser, step, RNG states and history are restored,
+        and training continues up to `config.epochs` epochs in all.
+    callbacks: functions called with a TrainEvent after every batch and every epoch;
+        returning "stop" ends training (a live plot draws on 'epoch' events).
+    stop_event: a threading.Event; once set, training stops before the next batch.
+    progress: show a tqdm progress bar (terminal or notebook).
+    extra: JSON-friendly facts stored in the checkpoint (model name, data config, ...).
+    Returns a FitResult; Ctrl-C returns one with status 'interrupted' instead of raising.
+    """
+    config = config if config is not None else TrainConfig()
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
+    if steps_per_epoch < 1:
+        raise ValueError("the training loader yields no batches")
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    resume_path = (checkpoint if resume is True else Path(resume) if resume else None)
+    if resume is True and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint=PATH (or pass the checkpoint path as resume)")
+
+    device = select_device(config.device)
+    use_amp, amp_dtype = _amp_settings(device, config.amp)
+    model.to(device)
+    optimizer = make_optimizer(model, config)  # after the move: the state lives on `device`
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    total_steps = config.epochs * steps_per_epoch
+    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+
+    history: list[dict] = []
+    start_epoch, step = 0, 0
+    if resume_path is not None:
+        state = load_checkpoint(resume_path, model, map_location=device)
+        optimizer.load_state_dict(state["optimizer_state"])
+        if state.get("scaler_state"):
+            scaler.load_state_dict(state["scaler_state"])
+        start_epoch, step, history = state["epoch"], state["step"], list(state["history"])
+        _warn_config_change(state.get("train_config", {}), config)
+        _set_rng_state(state["rng"])
+        if start_epoch >= config.epochs:
+            warnings.warn(f"the checkpoint has already completed {start_epoch} epochs "
+                          f"(config.epochs={config.epochs}): nothing to train")
+    else:
+        seed_everything(config.seed)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, unit="step",
+                   desc="training", dynamic_ncols=True)
+
+    def save(epoch: int) -> None:
+        if checkpoint is None:
+            return
+        atomic_torch_save({
+            "format": CHECKPOINT_FORMAT,
+            "model_name": (extra or {}).get("model"),
+            "model_class": type(model).__name__,
+            "model_config": _model_config(model),
+            "model_state": model.state_dict(),
+            "optimizer_state": optimizer.state_dict(),
+            "scaler_state": scaler.state_dict() if scaler.is_enabled() else None,
+            "epoch": epoch, "step": step, "seed": config.seed,
+            "train_config": asdict(config),
+            "history": history,
+            "rng": _rng_state(),
+            "extra": extra or {},
+        }, checkpoint)
+
+    status, epochs_done, t_start = "completed", start_epoch, time.perf_counter()
+    last_saved = checkpoint if (resume_path is not None and checkpoint == resume_path) else None
+
+    def wants_stop(event: TrainEvent) -> bool:
+        answers = [cb(event) for cb in callbacks]
+        return any(a == "stop" for a in answers)
+
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            if hasattr(train_loader, "set_epoch"):
+                train_loader.set_epoch(epoch)
+            model.train()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), dtype=torch.long, device=device)
+            seen, t0, stopped = 0, time.perf_counter(), False
+            for x, y in train_loader:
+                if stop_event is not None and stop_event.is_set():
+                    stopped = True
+                    break
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                lr = lr_at(step, total_steps, warmup_steps, config.lr, config.min_lr)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    logits = model(x)                                           # (B, K)
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if config.grad_clip is not None:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                step += 1
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"the loss became {loss_value} at epoch {epoch + 1}, "
+                                             f"step {step}; try a lower lr or grad_clip")
+                loss_sum += loss.detach() * y.numel()
+                correct += (logits.argmax(1) == y).sum()
+                seen += y.numel()
+                if bar is not None:
+                    bar.update(1)
+                    if step % 10 == 0 or step == total_steps:
+                        bar.set_postfix(epoch=epoch + 1, loss=f"{loss_value:.3f}", refresh=False)
+                if callbacks and wants_stop(TrainEvent("batch", epoch + 1, step, loss=loss_value,
+                                                       history=history)):
+                    stopped = True
+                    break
+            if stopped:  # a partial epoch: not recorded, not checkpointed
+                status = "stopped"
+                break
+            train_s = time.perf_counter() - t0
+            record = {"epoch": epoch + 1, "step": step, "lr": lr,
+                      "train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
+                      "train_samples_per_s": seen / max(train_s, 1e-9)}
+            if val_loader is not None:
+                val = evaluate(model, val_loader, device, label_smoothing=config.label_smoothing,
+                               amp=config.amp)
+                record.update(val_loss=val["loss"], val_acc=val["accuracy"])
+            record["epoch_s"] = time.perf_counter() - t0
+            history.append(record)
+            epochs_done = epoch + 1
+            if (epochs_done % config.checkpoint_every == 0) or epochs_done == config.epochs:
+                save(epochs_done)
+                last_saved = checkpoint
+            if bar is not None:
+                post = {"epoch": epochs_done, "loss": f"{record['train_loss']:.3f}"}
+                if "val_acc" in record:
+                    post["val_acc"] = f"{record['val_acc']:.3f}"
+                bar.set_postfix(post)
+            if callbacks and wants_stop(TrainEvent("epoch", epochs_done, step, record=record,
+                                                   history=history)):
+                status = "stopped"
+                break
+    except KeyboardInterrupt:
+        status = "interrupted"
+    finally:
+        if bar is not None:
+            bar.close()
+    return FitResult(model=model, history=history, status=status, epochs_completed=epochs_done,
+                     step=step, checkpoint=last_saved, wall_time_s=time.perf_counter() - t_start)
+
+
+def _warn_config_change(saved: dict, config: TrainConfig) -> None:
+    now = asdict(config)
+    changed = [k for k in now if k not in ("epochs", "device", "checkpoint_every")
+               and k in saved and _plain(saved[k]) != _plain(now[k])]
+    if changed:
+        warnings.warn("resuming with a training config that differs from the checkpoint's in "
+                      + ", ".join(f"{k} ({saved[k]!r} -> {now[k]!r})" for k in changed))
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
