@@ -1,0 +1,122 @@
+"""`duat bench`: time serial ViT-L against Para-Former-1-L as L grows, on this machine.
+
+    duat bench --quick                      # batch 1, L = 1..24, well under a minute on a CPU
+    duat bench --full --device cpu          # the committed CPU run: batch 1 and 64
+    duat bench --preset gpu                 # GPU, ViT-S-like sizes (197 tokens, dim 384),
+                                            # eager and CUDA-graph variants, batch 1 and 64
+    duat bench --preset gpu --variants eager graph compile   # ... and torch.compile
+
+Results go to results/bench/<name>/ (results.json, results.csv, latency_vs_layers.png),
+<name> being DEVICE-DATE (quick runs: DEVICE-quick-DATE-HHMMSS); an earlier run's folder
+is never overwritten without --overwrite.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+
+from duat.bench.harness import DTYPES, IMPLEMENTATIONS, VARIANTS, BenchSpec
+
+# Each preset is a set of BenchSpec fields; command-line options override them.
+PRESETS: dict[str, dict] = {
+    "quick": dict(batches=(1,), layers=(1, 2, 4, 8, 12, 16, 24), reps=20, warmup=3,
+                  rounds=2, max_case_seconds=2.0),
+    "full": dict(batches=(1, 64), layers=(1, 2, 4, 8, 12, 16, 24), reps=60, warmup=5,
+                 rounds=3, max_case_seconds=8.0),
+    # ViT-S widths on 224x224 images in 16x16 patches (196 patches + class token)
+    "gpu": dict(device="cuda", size="base", image_size=224, batches=(1, 64),
+                layers=(1, 2, 4, 8, 12, 16, 24), variants=("eager", "graph"), reps=200,
+                warmup=20, rounds=4, max_case_seconds=4.0),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true",
+                      help="quick preset: batch 1, L = 1..24, 20 reps "
+                           "(well under a minute on a CPU)")
+    size.add_argument("--full", action="store_true",
+                      help="full preset: batch 1 and 64, L = 1..24, up to 60 reps "
+                           "(the committed results; minutes). Default: DUAT_PROFILE, else quick")
+    size.add_argument("--preset", choices=list(PRESETS),
+                      help="a named preset: quick, full, or gpu (CUDA, ViT-S-like sizes, "
+                           "eager and CUDA-graph variants); options below override it")
+    parser.add_argument("--device", help="auto (default; the gpu preset: cuda), cpu, cuda, "
+                                         "cuda:1, mps")
+    parser.add_argument("--batch", type=int, nargs="+", metavar="B", help="batch size(s)")
+    parser.add_argument("--layers", type=int, nargs="+", metavar="L", help="depths L to time")
+    parser.add_argument("--impl", nargs="+", metavar="NAME",
+                        help=f"implementations (default: all): {', '.join(IMPLEMENTATIONS)}")
+    parser.add_argument("--variants", nargs="+", metavar="V",
+                        help=f"{', '.join(VARIANTS)} (default: eager; graph needs CUDA)")
+    parser.add_argument("--size", help="model width preset: tiny, small (default), base")
+    parser.add_argument("--image-size", type=int, help="image side (default 32: 64 patches)")
+    parser.add_argument("--in-channels", type=int, help="image channels (default 3)")
+    parser.add_argument("--dtype", choices=list(DTYPES), help="default float32")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    parser.add_argument("--reps", type=int, help="timed calls per case, at most")
+    parser.add_argument("--warmup", type=int, help="untimed calls per case, at most")
+    parser.add_argument("--rounds", type=int, help="rounds cycling over the implementations")
+    parser.add_argument("--max-case-seconds", type=float, help="time cap per case")
+    parser.add_argument("--out", default="results/bench", help="parent folder of the run's folder")
+    parser.add_argument("--name", help="the run's folder name (default: DEVICE[-quick]-DATE)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run's files")
+    parser.add_argument("--no-save", action="store_true", help="print the table, write nothing")
+
+
+def spec_from_args(args: argparse.Namespace) -> tuple[BenchSpec, str]:
+    """The BenchSpec an argument namespace asks for, and the preset's name."""
+    from duat.runtime import profile
+
+    preset = ("quick" if args.quick else "full" if args.full else args.preset
+              or profile())
+    fields = dict(PRESETS[preset])
+    options = {"device": args.device, "batches": args.batch, "layers": args.layers,
+               "implementations": args.impl,
+               "variants": args.variants, "size": args.size, "image_size": args.image_size,
+               "in_channels": args.in_channels, "dtype": args.dtype, "threads": args.threads,
+               "reps": args.reps, "warmup": args.warmup, "rounds": args.rounds,
+               "max_case_seconds": args.max_case_seconds}
+    fields.update({k: (tuple(v) if isinstance(v, list) else v)
+                   for k, v in options.items() if v is not None})
+    if args.reps is not None:  # an explicit small --reps also lowers the floor
+        fields["min_reps"] = min(BenchSpec.min_reps, max(3, args.reps))
+    return BenchSpec(**fields), preset
+
+
+def run(args: argparse.Namespace) -> int:
+    from duat.bench.harness import resolve_device, run_benchmark
+    from duat.bench.report import check_targets, format_table, format_targets, save_results
+    from duat.storage import prepare_output_dir
+
+    try:
+        spec, preset = spec_from_args(args)
+        device = resolve_device(spec)
+        folder = None
+        if not args.no_save:  # refuse a used folder now, not after minutes of timing
+            now = datetime.datetime.now(datetime.timezone.utc)
+            name = args.name or (f"{device.type}-quick-{now:%Y-%m-%d-%H%M%S}" if preset == "quick"
+                                 else f"{device.type}-{now:%Y-%m-%d}")
+            folder = prepare_output_dir(Path(args.out) / name, overwrite=args.overwrite)
+    except (ValueError, FileExistsError, NotADirectoryError) as err:
+        print(f"duat bench: error: {err}", file=sys.stderr)
+        return 2
+    print(f"duat bench ({preset}): batch {list(spec.batches)}, L {list(spec.layers)}, "
+          f"{', '.join(spec.implementations)}; {spec.size}, {spec.image_size}x{spec.image_size} "
+          f"images, {spec.dtype} on {device}", file=sys.stderr)
+    try:
+        results = run_benchmark(spec, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    except (ValueError, RuntimeError) as err:  # e.g. only timm asked for, and timm missing
+        if folder is not None and not any(folder.iterdir()):
+            folder.rmdir()  # the folder made for this run stays empty: leave nothing behind
+        print(f"duat bench: error: {err}", file=sys.stderr)
+        return 2
+    results["preset"] = preset
+    print(format_table(results))
+    print(format_targets(check_targets(results)))
+    if folder is not None:
+        for path in save_results(results, folder, overwrite=True):  # the folder checked above
+            print(f"wrote {path}")
+    return 0

@@ -1,0 +1,489 @@
+"""The benchmark harness: build the models, time them honestly, and put each on a roofline.
+
+PAPER.md section 4 ends with a note on hardware: the n branches of a Para-Former stage do
+the same arithmetic as n serial layers, so "time does not grow with n" holds only where the
+device has idle parallel capacity; elsewhere time is bounded below by FLOPs / peak rate.
+This module measures both sides of that sentence in one run:
+
+- latency of each implementation at each depth L (warm-up, many repetitions, median and
+  spread, under torch.inference_mode; CUDA events on GPUs, perf_counter on CPUs), and
+- the device's own matmul peak P (a square GEMM at the same dtype), so that every row gets
+  its FLOP-bound latency flops / P and its achieved fraction (flops / latency) / P.
+
+Implementations (`IMPLEMENTATIONS`): the serial ViT-L, Para-Former-1-L with batched branches
+(ParallelStage) and with the reference loop (ReferenceStage), and timm's
+ParallelThingsBlock(num_parallel=L) behind the same patch embedding and head, where timm is
+installed. All four do the same FLOPs at the same L (duat.counting.flops). timm's block is
+a timing peer, not the same function: it sums L attentions, then L MLPs applied to that
+sum, where a Para-Former branch is a whole layer (attention, then its own MLP).
+"""
+from __future__ import annotations
+
+import gc
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from duat.counting import flops, layer_flops
+from duat.registry import SIZES, create_model, model_config
+
+IMPLEMENTATIONS: dict[str, str] = {
+    "vit": "serial ViT-L: L encoder layers one after another",
+    "pf-batched": "Para-Former-1-L, batched branches (ParallelStage)",
+    "pf-reference": "Para-Former-1-L, reference loop over branches (ReferenceStage)",
+    "timm-parallel": "timm ParallelThingsBlock(num_parallel=L), same embedding and head",
+}
+# eager: plain calls. graph: one CUDA graph replay per call (CUDA only).
+# compile: torch.compile(model), default mode (needs a working compiler toolchain).
+VARIANTS = ("eager", "graph", "compile")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _positive_ints(name: str, values, minimum: int = 1) -> tuple[int, ...]:
+    if isinstance(values, int) and not isinstance(values, bool):
+        values = (values,)
+    values = tuple(values)
+    if not values:
+        raise ValueError(f"{name} must list at least one value, got none")
+    for v in values:
+        if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+            raise ValueError(f"{name} must be ints >= {minimum}, got {v!r} in {values!r}")
+    return values
+
+
+def _names(name: str, values, known) -> tuple[str, ...]:
+    values = (values,) if isinstance(values, str) else tuple(values)
+    if not values:
+        raise ValueError(f"{name} must list at least one value, got none")
+    for v in values:
+        if v not in known:
+            raise ValueError(f"unknown {name[:-1] if name.endswith('s') else name} {v!r}; "
+                             f"known: {', '.join(known)}")
+    return tuple(dict.fromkeys(values))  # drop repeats, keep order
+
+
+@dataclass
+class BenchSpec:
+    layers: tuple = (1, 2, 4, 8, 12, 16, 24)   # L: serial layers, or parallel branches
+    batches: tuple = (1,)                       # images per forward pass
+    implementations: tuple = tuple(IMPLEMENTATIONS)
+    variants: tuple = ("eager",)                # see VARIANTS
+    size: str = "small"                         # registry size: dim 192, 3 heads, MLP 4x
+    image_size: int = 32                        # 32x32 in 4x4 patches: 64 patches + class token
+    in_channels: int = 3
+    num_classes: int = 10
+    dtype: str = "float32"                      # also the dtype of the matmul peak
+    device: str = "auto"                        # auto | cpu | cuda | cuda:1 | mps
+    threads: int | None = None                  # CPU threads (None: torch's default)
+    warmup: int = 5                             # untimed calls first (at least one)
+    reps: int = 30                              # timed calls per case, at most
+    min_reps: int = 5                           # ... and at least, whatever the time cap
+    rounds: int = 3                             # reps split into rounds cycling the cases
+    max_case_seconds: float = 5.0               # time cap per case; lowers reps (to min_reps)
+    peak_sizes: tuple | None = None             # GEMM sides for the peak (None: by device)
+    seed: int = 0
+
+    def __post_init__(self):
+        self.layers = _positive_ints("layers (L)", self.layers)
+        self.batches = _positive_ints("batch", self.batches)
+        self.implementations = _names("implementations", self.implementations, IMPLEMENTATIONS)
+        self.variants = _names("variants", self.variants, VARIANTS)
+        if self.size not in SIZES:
+            raise ValueError(f"unknown size {self.size!r}; known sizes: {', '.join(SIZES)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; known: {', '.join(DTYPES)}")
+        for name in ("image_size", "in_channels", "num_classes", "reps", "min_reps", "rounds"):
+            _positive_ints(name, getattr(self, name))
+        _positive_ints("warmup", self.warmup, minimum=0)
+        if self.min_reps < 3:
+            raise ValueError(f"min_reps must be >= 3 so that a spread exists, got {self.min_reps}")
+        if self.reps < self.min_reps:
+            raise ValueError(f"reps ({self.reps}) must be >= min_reps ({self.min_reps})")
+        if self.threads is not None:
+            _positive_ints("threads", self.threads)
+        if self.peak_sizes is not None:
+            self.peak_sizes = _positive_ints("peak_sizes", self.peak_sizes)
+        if not self.max_case_seconds > 0:
+            raise ValueError(f"max_case_seconds must be > 0, got {self.max_case_seconds!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- models
+
+def model_kwargs(spec: BenchSpec) -> dict:
+    return dict(size=spec.size, image_size=spec.image_size, in_channels=spec.in_channels,
+                num_classes=spec.num_classes)
+
+
+def timm_available() -> str | None:
+    """None if timm's ParallelThingsBlock can be imported, else the reason it cannot."""
+    try:
+        from timm.models.vision_transformer import ParallelThingsBlock  # noqa: F401
+    except Exception as err:  # ImportError, or a broken install
+        return f"timm is not importable ({type(err).__name__}: {err}); pip install timm"
+    return None
+
+
+def build_model(implementation: str, layers: int, spec: BenchSpec | None = None) -> nn.Module:
+    """The model timed as `implementation` at depth L, in eval mode, on the CPU in float32.
+
+    Every model carries `.config` (a ParaFormerConfig) whose FLOPs (duat.counting.flops)
+    are those of its forward pass; for timm's block that is the config of Para-Former-1-L.
+    """
+    spec = spec if spec is not None else BenchSpec()
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown implementation {implementation!r}; "
+                         f"known: {', '.join(IMPLEMENTATIONS)}")
+    _positive_ints("layers (L)", layers)
+    torch.manual_seed(spec.seed)
+    kw = model_kwargs(spec)
+    if implementation == "vit":
+        model = create_model(f"vit-{layers}", **kw)
+    elif implementation == "pf-batched":
+        model = create_model(f"pf-1-{layers}", stage="batched", **kw)
+    elif implementation == "pf-reference":
+        model = create_model(f"pf-1-{layers}", stage="reference", **kw)
+    else:
+        reason = timm_available()
+        if reason is not None:
+            raise RuntimeError(reason)
+        from functools import partial
+
+        from timm.models.vision_transformer import ParallelThingsBlock
+
+        c = model_config(f"pf-1-{layers}", stage="reference", **kw)  # the sizes, and the FLOPs
+        model = create_model("pf-1-1", **kw)  # its patch embedding, norm and head ...
+        model.stages = nn.ModuleList([ParallelThingsBlock(    # ... around timm's stage
+            c.dim, c.heads, num_parallel=layers, mlp_ratio=c.mlp_ratio, qkv_bias=c.qkv_bias,
+            norm_layer=partial(nn.LayerNorm, eps=c.norm_eps))])
+        model.config = c
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- timing
+
+def resolve_device(spec: BenchSpec) -> torch.device:
+    from duat.runtime import select_device
+
+    device = select_device(spec.device)
+    if "graph" in spec.variants and device.type != "cuda":
+        raise ValueError(f"variant 'graph' (CUDA graphs) needs a CUDA device, got {device}")
+    if spec.dtype == "float16" and device.type == "cpu":
+        raise ValueError("dtype float16 is not benchmarked on the CPU (slow emulation); "
+                         "use float32 or bfloat16")
+    return device
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def time_calls(fn: Callable[[], object], n: int, device: torch.device) -> list[float]:
+    """Seconds taken by each of n calls of fn, each started on an idle device.
+
+    CUDA: a pair of CUDA events around each call, after a synchronize, so each time is one
+    call's latency including its launch gaps. Elsewhere: perf_counter around the call
+    (and a synchronize on MPS).
+    """
+    if device.type == "cuda":
+        times = []
+        for _ in range(n):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)  # ms -> s
+        return times
+    times = []
+    for _ in range(n):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _cuda_graph(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    """Capture model(x) once as a CUDA graph; the returned callable replays it."""
+    static_x = x.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up on a side stream, as CUDA graph capture requires
+        for _ in range(3):
+            model(static_x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        model(static_x)
+    return graph.replay
+
+
+def make_callable(model: nn.Module, x: torch.Tensor, variant: str) -> Callable[[], object]:
+    """fn() running one forward pass of `model` on `x` in the given variant."""
+    if variant == "eager":
+        return lambda: model(x)
+    if variant == "graph":
+        if x.device.type != "cuda":
+            raise ValueError(f"variant 'graph' needs a CUDA tensor, got one on {x.device}")
+        return _cuda_graph(model, x)
+    if variant == "compile":
+        compiled = torch.compile(model, dynamic=False)
+        compiled(x)  # compile now, so that a missing toolchain fails here and not mid-timing
+        return lambda: compiled(x)
+    raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+
+
+def summarize(seconds: list[float]) -> dict:
+    """Median and spread (p10, p25, p75, p90, IQR) of per-call times, in milliseconds."""
+    import numpy as np
+
+    if len(seconds) < 1:
+        raise ValueError("no timings to summarize")
+    ms = np.asarray(seconds, dtype=float) * 1e3
+    p10, p25, p50, p75, p90 = np.percentile(ms, [10, 25, 50, 75, 90])
+    return {"median_ms": float(p50), "mean_ms": float(ms.mean()), "min_ms": float(ms.min()),
+            "p10_ms": float(p10), "p25_ms": float(p25), "p75_ms": float(p75),
+            "p90_ms": float(p90), "iqr_ms": float(p75 - p25),
+            "rel_iqr": float((p75 - p25) / p50) if p50 > 0 else float("nan")}
+
+
+def _gemm(n: int, device: torch.device, dtype: str) -> Callable[[], object]:
+    """fn() computing one (n x n) @ (n x n) product at `dtype` on `device`."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(device, DTYPES[dtype])
+    b = torch.randn(n, n, generator=gen).to(device, DTYPES[dtype])
+    return lambda: a @ b
+
+
+def matmul_peak(device: torch.device | str = "cpu", dtype: str = "float32",
+                sizes: tuple[int, ...] | None = None, reps: int = 10) -> dict:
+    """The device's measured matmul rate: square GEMMs (n x n) @ (n x n) at `dtype`.
+
+    Returns the best median rate over the sizes as `gflops` (2 n^3 FLOPs per product, the
+    convention of duat.counting), with the rate of each size and its spread. run_benchmark
+    uses it to choose the size, then times that product between the models' calls, so the
+    peak and the models see the same machine load.
+    """
+    device = torch.device(device)
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
+    if sizes is None:
+        sizes = (1024, 2048) if device.type == "cpu" else (2048, 4096, 8192)
+    sizes = _positive_ints("sizes", sizes)
+    by_size = {}
+    with torch.inference_mode():
+        for n in sizes:
+            fn = _gemm(n, device, dtype)
+            time_calls(fn, 2, device)  # warm-up
+            s = summarize(time_calls(fn, reps, device))
+            fl = 2 * n ** 3
+            by_size[str(n)] = {"gflops": fl / s["median_ms"] / 1e6,
+                               "gflops_p25": fl / s["p75_ms"] / 1e6,
+                               "gflops_p75": fl / s["p25_ms"] / 1e6,
+                               "median_ms": s["median_ms"], "reps": reps}
+            del fn
+    best = max(by_size, key=lambda k: by_size[k]["gflops"])
+    return {"gflops": by_size[best]["gflops"], "size": int(best), "dtype": dtype,
+            "by_size": by_size}
+
+
+# ----------------------------------------------------------------------------- the run
+
+@dataclass
+class _Case:
+    implementation: str
+    variant: str
+    layers: int
+    batch: int
+    model: nn.Module
+    fn: Callable[[], object]
+    reps: int = 0
+    warmup: int = 0
+    seconds: list = field(default_factory=list)
+
+
+def environment(device: torch.device, spec: BenchSpec) -> dict:
+    """What every record carries: device, versions, threads, date."""
+    import datetime
+    import platform
+
+    from duat import __version__
+    from duat.paraformer import ParallelStage
+    from duat.runtime import _cpu_model, device_name
+
+    try:
+        from importlib.metadata import version
+        timm_version = version("timm")
+    except Exception:
+        timm_version = None
+    return {
+        "device": device.type, "device_name": device_name(device), "cpu": _cpu_model(),
+        "torch": torch.__version__, "cuda": torch.version.cuda, "timm": timm_version,
+        "duat": __version__, "python": platform.python_version(), "platform": platform.platform(),
+        "dtype": spec.dtype, "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cpu_row_budget": ParallelStage.cpu_row_budget,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def run_benchmark(spec: BenchSpec | None = None, progress: Callable[[str], None] | None = None,
+                  measure_peak: bool = True) -> dict:
+    """Time every (batch, L, implementation, variant) of `spec`; return the results dict.
+
+    {"spec", "environment", "peak", "skipped", "records"}: one record per case, each with
+    its latency summary, FLOPs, the FLOP-bound latency flops / peak and the achieved
+    fraction of the peak. Within a (batch, L) the timed calls are split into `rounds`
+    that cycle over the cases, so slow drifts in machine load hit every case alike.
+    """
+    spec = spec if spec is not None else BenchSpec()
+    if not isinstance(spec, BenchSpec):
+        raise TypeError(f"spec must be a BenchSpec, got {type(spec).__name__}")
+    device = resolve_device(spec)
+    say = progress or (lambda msg: None)
+    old_threads = torch.get_num_threads()
+    if spec.threads is not None:
+        torch.set_num_threads(spec.threads)
+    try:
+        env = environment(device, spec)
+        skipped = {}
+        impls = list(spec.implementations)
+        if "timm-parallel" in impls and timm_available() is not None:
+            skipped["timm-parallel"] = timm_available()
+            impls.remove("timm-parallel")
+        if not impls:
+            raise ValueError("nothing to time: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+        probe, scan = None, None
+        if measure_peak:  # pick the GEMM size, then time it between the models all run long
+            say("measuring the matmul peak ...")
+            scan = matmul_peak(device, spec.dtype, spec.peak_sizes, reps=5)
+            probe = _Case("matmul-peak", "eager", 0, 0, None, _gemm(scan["size"], device, spec.dtype))
+        records = []
+        for batch in spec.batches:
+            for L in spec.layers:
+                cases = _build_cases(spec, impls, L, batch, device, skipped, say)
+                _time_cases(cases, spec, device, say, probe)
+                for case in cases:
+                    records.append(_record(case, spec, env))
+                del cases
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+        if not records:
+            raise RuntimeError("no case could be run: " +
+                               "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+        peak = None
+        if probe is not None:
+            s, fl = summarize(probe.seconds), 2 * scan["size"] ** 3
+            peak = {"gflops": fl / s["median_ms"] / 1e6, "gflops_p25": fl / s["p75_ms"] / 1e6,
+                    "gflops_p75": fl / s["p25_ms"] / 1e6, "size": scan["size"],
+                    "dtype": spec.dtype, "calls": len(probe.seconds), "scan": scan}
+        for r in records:
+            add_roofline(r, peak["gflops"] if peak else None)
+        return {"spec": spec.to_dict(), "environment": env, "peak": peak,
+                "skipped": skipped, "records": records}
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _build_cases(spec, impls, L, batch, device, skipped, say) -> list[_Case]:
+    gen = torch.Generator(device="cpu").manual_seed(spec.seed)
+    x = torch.randn(batch, spec.in_channels, spec.image_size, spec.image_size, generator=gen)
+    x = x.to(device, DTYPES[spec.dtype])
+    cases = []
+    for impl in impls:
+        model = build_model(impl, L, spec).to(device, DTYPES[spec.dtype])
+        for variant in spec.variants:
+            key = f"{impl}+{variant}"
+            try:
+                with torch.inference_mode():
+                    fn = make_callable(model, x, variant)
+            except Exception as err:  # e.g. torch.compile without a compiler: note and go on
+                skipped[key] = f"{type(err).__name__}: {err}"
+                say(f"  skipped {key}: {skipped[key]}")
+                continue
+            cases.append(_Case(impl, variant, L, batch, model, fn))
+    return cases
+
+
+PEAK_CALLS_PER_ROUND = 2  # matmul-peak calls timed before each round of each (batch, L)
+
+
+def _time_cases(cases: list[_Case], spec: BenchSpec, device: torch.device, say,
+                probe: _Case | None = None) -> None:
+    with torch.inference_mode():
+        for case in cases:  # warm-up: at least one call, at most spec.warmup, within a budget
+            t0 = time.perf_counter()
+            while case.warmup < spec.warmup - 1:
+                time_calls(case.fn, 1, device)
+                case.warmup += 1
+                if time.perf_counter() - t0 > spec.max_case_seconds / 3:
+                    break
+            last = time_calls(case.fn, 1, device)  # one more: the first may have compiled
+            case.warmup += 1
+            per_call = max(last[0], 1e-7)
+            case.reps = max(spec.min_reps, min(spec.reps, int(spec.max_case_seconds / per_call)))
+        gc.collect()  # as timeit does: no garbage collection pauses inside the timed calls
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            for r in range(spec.rounds):
+                if probe is not None:
+                    probe.seconds += time_calls(probe.fn, PEAK_CALLS_PER_ROUND, device)
+                for case in (cases if r % 2 == 0 else reversed(cases)):
+                    todo = min(math.ceil(case.reps / spec.rounds), case.reps - len(case.seconds))
+                    if todo > 0:
+                        case.seconds += time_calls(case.fn, todo, device)
+        finally:
+            if was_enabled:
+                gc.enable()
+    for case in cases:
+        s = summarize(case.seconds)
+        say(f"  batch {case.batch:>3}  L {case.layers:>2}  {case.implementation:<14} "
+            f"{case.variant:<7} {s['median_ms']:9.2f} ms  (p25-p75 {s['p25_ms']:.2f}-"
+            f"{s['p75_ms']:.2f}, {len(case.seconds)} reps)")
+
+
+def _record(case: _Case, spec: BenchSpec, env: dict) -> dict:
+    c = case.model.config
+    rec = {
+        "implementation": case.implementation, "variant": case.variant,
+        "label": case.implementation if case.variant == "eager"
+        else f"{case.implementation}+{case.variant}",
+        "layers": case.layers, "batch": case.batch,
+        "model": f"vit-{case.layers}" if case.implementation == "vit" else f"pf-1-{case.layers}",
+        "dim": c.dim, "heads": c.heads, "mlp_ratio": c.mlp_ratio, "tokens": c.num_tokens,
+        "image_size": c.image_size, "patch_size": c.patch_size,
+        "dtype": spec.dtype, "device": env["device"], "device_name": env["device_name"],
+        "torch": env["torch"], "threads": env["threads"], "date": env["date"],
+        "flops": flops(c, case.batch), "layer_flops": layer_flops(c, case.batch),
+        "warmup": case.warmup, "reps": len(case.seconds),
+    }
+    rec.update(summarize(case.seconds))
+    rec["samples_ms"] = [round(s * 1e3, 5) for s in case.seconds]
+    return rec
+
+
+def add_roofline(record: dict, peak_gflops: float | None) -> dict:
+    """Add achieved GFLOP/s, the peak, the FLOP-bound latency and the fraction of the peak."""
+    record["achieved_gflops"] = record["flops"] / record["median_ms"] / 1e6
+    record["peak_gflops"] = peak_gflops
+    if peak_gflops:
+        record["flop_bound_ms"] = record["flops"] / peak_gflops / 1e6
+        record["peak_fraction"] = record["achieved_gflops"] / peak_gflops
+    else:
+        record["flop_bound_ms"] = record["peak_fraction"] = None
+    return record

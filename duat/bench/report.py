@@ -1,0 +1,285 @@
+"""Reading a benchmark's results: the table, the issue's targets, the files, the roofline plot.
+
+A results dict (duat.bench.run_benchmark) is saved as results.json (everything, with the
+raw per-call times), results.csv (one row per case, no raw times) and
+latency_vs_layers.png (latency against L with the FLOP-bound line, and the achieved
+fraction of the matmul peak). The targets are those of the benchmark's issue: they are
+checked here, on measured numbers, never in a timed unit test.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from duat.storage import atomic_savefig, atomic_write_json, atomic_write_text
+
+RESULT_FILES = ("results.json", "results.csv", "latency_vs_layers.png")
+ORDER = ("vit", "pf-batched", "pf-reference", "timm-parallel")
+VARIANTS = ("eager", "graph", "compile")  # as in duat.bench.harness (kept import-free)
+
+
+def _sort_key(r: dict):
+    impl = ORDER.index(r["implementation"]) if r["implementation"] in ORDER else len(ORDER)
+    variant = VARIANTS.index(r["variant"]) if r["variant"] in VARIANTS else len(VARIANTS)
+    return (r["batch"], r["layers"], impl, variant)
+
+
+def find(records: list[dict], **match) -> dict | None:
+    """The one record whose fields equal `match` (variant defaults to eager), or None."""
+    match.setdefault("variant", "eager")
+    found = [r for r in records if all(r.get(k) == v for k, v in match.items())]
+    if len(found) > 1:
+        raise ValueError(f"{len(found)} records match {match}; expected at most one")
+    return found[0] if found else None
+
+
+# ----------------------------------------------------------------------------- table
+
+def format_table(results: dict) -> str:
+    """The measured table, one line per case, with the machine it ran on."""
+    env, peak = results["environment"], results.get("peak")
+    lines = [f"device {env['device_name']} ({env['device']}), torch {env['torch']}, "
+             f"{env['dtype']}, {env['threads']} thread(s), {env['date']}"]
+    if peak:
+        # older runs lack the spread and the call count: print what the run recorded
+        spread = (f" (p25-p75 {peak['gflops_p25']:.1f}-{peak['gflops_p75']:.1f})"
+                  if "gflops_p25" in peak and "gflops_p75" in peak else "")
+        how = (f", median of {peak['calls']} calls timed between the models' calls"
+               if "calls" in peak else "")
+        lines.append(f"matmul peak {peak['gflops']:.1f} GFLOP/s{spread}: "
+                     f"{peak.get('size', '?')}^2 GEMMs{how}")
+    head = (f"{'batch':>5} {'L':>3}  {'implementation':<22} {'median ms':>10} "
+            f"{'p25-p75 ms':>17} {'GFLOP/s':>8} {'%peak':>6} {'bound ms':>9} {'reps':>4}")
+    lines += [head, "-" * len(head)]
+    for r in sorted(results["records"], key=_sort_key):
+        frac = f"{100 * r['peak_fraction']:5.1f}%" if r.get("peak_fraction") is not None else "   -  "
+        bound = f"{r['flop_bound_ms']:9.3f}" if r.get("flop_bound_ms") is not None else "      -  "
+        lines.append(f"{r['batch']:>5} {r['layers']:>3}  {r['label']:<22} {r['median_ms']:>10.3f} "
+                     f"{r['p25_ms']:>8.3f}-{r['p75_ms']:<8.3f} {r['achieved_gflops']:>8.1f} "
+                     f"{frac} {bound} {r['reps']:>4}")
+    for key, why in results.get("skipped", {}).items():
+        lines.append(f"skipped {key}: {why}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- targets
+
+def _ratio(a: dict, b: dict) -> dict:
+    """median(a) / median(b), with a range from the two interquartile ranges."""
+    return {"value": a["median_ms"] / b["median_ms"],
+            "low": a["p25_ms"] / b["p75_ms"], "high": a["p75_ms"] / b["p25_ms"]}
+
+
+def check_targets(results: dict, layers: int = 12) -> list[dict]:
+    """The issue's targets that this run's records can decide, each with its measured value.
+
+    CPU (batch 1, at `layers`): Para-Former-1-L batched >= 1.5x faster than serial ViT-L,
+    than the reference loop and than timm's block; its achieved FLOP/s >= 70 % of the
+    matmul peak. CPU (batch 64): batched / ViT <= 1.05. GPU (batch 1, per variant):
+    latency(pf L=24) / latency(pf L=1) <= 1.3 and ViT L=24 / L=1 >= 10.
+    Each check says whether the run used the target's sizes (`sizes_match`).
+    """
+    recs, env = results["records"], results["environment"]
+    out = []
+
+    def add(name, ratio, op, threshold, sizes_match):
+        holds = ratio["value"] >= threshold if op == ">=" else ratio["value"] <= threshold
+        out.append(dict(target=name, value=ratio["value"], low=ratio.get("low"),
+                        high=ratio.get("high"), op=op, threshold=threshold, holds=bool(holds),
+                        sizes_match=sizes_match))
+
+    if env["device"] == "cpu":
+        b1 = dict(batch=1, layers=layers)
+        pf = find(recs, implementation="pf-batched", **b1)
+        if pf is not None:
+            match = pf["dim"] == 192 and pf["tokens"] == 65
+            for other, what in (("vit", f"serial ViT-{layers}"), ("pf-reference", "reference loop"),
+                                ("timm-parallel", "timm ParallelThingsBlock")):
+                o = find(recs, implementation=other, **b1)
+                if o is not None:
+                    add(f"CPU batch 1: speed-up of pf-1-{layers} batched over {what}",
+                        _ratio(o, pf), ">=", 1.5, match)
+            if pf.get("peak_fraction") is not None:
+                add(f"CPU batch 1: pf-1-{layers} batched achieved / matmul peak",
+                    {"value": pf["peak_fraction"],
+                     "low": pf["flops"] / pf["p75_ms"] / 1e6 / pf["peak_gflops"],
+                     "high": pf["flops"] / pf["p25_ms"] / 1e6 / pf["peak_gflops"]},
+                    ">=", 0.70, match)
+        pf, vit = (find(recs, implementation=i, batch=64, layers=layers) for i in ("pf-batched", "vit"))
+        if pf is not None and vit is not None:
+            add(f"CPU batch 64: latency pf-1-{layers} batched / serial ViT-{layers}",
+                _ratio(pf, vit), "<=", 1.05, pf["dim"] == 192 and pf["tokens"] == 65)
+    elif env["device"] == "cuda":
+        for variant in sorted({r["variant"] for r in recs}):
+            for impl, op, thr in (("pf-batched", "<=", 1.3), ("vit", ">=", 10.0)):
+                deep = find(recs, implementation=impl, batch=1, layers=24, variant=variant)
+                one = find(recs, implementation=impl, batch=1, layers=1, variant=variant)
+                if deep is not None and one is not None:
+                    add(f"GPU batch 1 ({variant}): latency {impl} L=24 / L=1",
+                        _ratio(deep, one), op, thr, deep["dim"] == 384)
+    return out
+
+
+def format_targets(checks: list[dict]) -> str:
+    if not checks:
+        return "targets: none decidable from this run (see duat.bench.check_targets)"
+    lines = ["targets (median ratio, range from the interquartile ranges):"]
+    for c in checks:
+        verdict = "holds" if c["holds"] else "NOT MET"
+        note = "" if c["sizes_match"] else "  [sizes differ from the target's]"
+        lines.append(f"  {c['target']}: {c['value']:.3f} [{c['low']:.3f}, {c['high']:.3f}] "
+                     f"{c['op']} {c['threshold']}: {verdict}{note}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- files
+
+CSV_FIELDS = ("implementation", "variant", "label", "layers", "batch", "model", "dim", "heads",
+              "mlp_ratio", "tokens", "image_size", "patch_size", "dtype", "device",
+              "device_name", "torch", "threads", "date", "flops", "layer_flops", "warmup",
+              "reps", "median_ms", "mean_ms", "min_ms", "p10_ms", "p25_ms", "p75_ms", "p90_ms",
+              "iqr_ms", "rel_iqr", "achieved_gflops", "peak_gflops", "flop_bound_ms",
+              "peak_fraction")
+
+
+def records_csv(records: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    for r in sorted(records, key=_sort_key):
+        writer.writerow(r)
+    return buffer.getvalue()
+
+
+def save_results(results: dict, folder: str | Path, overwrite: bool = False) -> list[Path]:
+    """Write results.json, results.csv and latency_vs_layers.png into `folder` (atomically).
+
+    A folder that already holds files (an earlier run's) is refused with FileExistsError
+    unless `overwrite` is True.
+    """
+    import matplotlib.pyplot as plt
+
+    from duat.storage import prepare_output_dir
+
+    if not isinstance(results, dict) or "records" not in results or "environment" not in results:
+        raise TypeError("results must be the dict returned by duat.bench.run_benchmark")
+    folder = prepare_output_dir(folder, overwrite=overwrite)
+    results = dict(results, targets=check_targets(results))
+    paths = [atomic_write_json(folder / "results.json", results),
+             atomic_write_text(folder / "results.csv", records_csv(results["records"]))]
+    fig = plot_results(results)
+    paths.append(atomic_savefig(fig, folder / "latency_vs_layers.png", dpi=120,
+                                bbox_inches="tight"))
+    plt.close(fig)
+    return paths
+
+
+def load_results(path: str | Path) -> dict:
+    """A saved run: the folder (or its results.json)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no benchmark results at {path}")
+    results = json.loads(path.read_text())
+    for key in ("environment", "records"):
+        if key not in results:
+            raise ValueError(f"{path} is not a duat benchmark result: no {key!r}")
+    return results
+
+
+def results_root(start: str | Path | None = None) -> Path | None:
+    """The results/bench folder of the repository holding `start` (default: the working
+    directory, e.g. notebooks/), looking upwards; None when there is none (e.g. in Colab)."""
+    start = Path(start) if start is not None else Path.cwd()
+    for folder in (start, *start.resolve().parents):
+        if (folder / "results" / "bench").is_dir():
+            return folder / "results" / "bench"
+    return None
+
+
+def list_runs(root: str | Path = "results/bench") -> list[Path]:
+    """Folders under `root` holding a saved run, sorted by name."""
+    root = Path(root)
+    return sorted(p for p in root.iterdir() if (p / "results.json").is_file()) if root.is_dir() else []
+
+
+def is_quick(results: dict, folder: str | Path | None = None) -> bool:
+    """Whether a run was a `--quick` one (its preset, or for older runs its folder name)."""
+    if "preset" in results:
+        return results["preset"] == "quick"
+    return folder is not None and "-quick" in Path(folder).name
+
+
+def latest_run(root: str | Path = "results/bench", device: str = "cpu",
+               include_quick: bool = False) -> Path | None:
+    """The newest saved run (by its recorded date) on a `device` type ('cpu', 'cuda', 'mps')
+    under `root`, quick runs left out unless `include_quick`; None if there is none."""
+    best = None
+    for folder in list_runs(root):
+        try:
+            res = load_results(folder)
+        except (ValueError, OSError):  # a damaged or foreign results.json: not a run
+            continue
+        if res["environment"].get("device") != device:
+            continue
+        if is_quick(res, folder) and not include_quick:
+            continue
+        key = (res["environment"].get("date", ""), folder.name)
+        if best is None or key > best[0]:
+            best = (key, folder)
+    return best[1] if best else None
+
+
+# ----------------------------------------------------------------------------- plot
+
+def plot_results(results: dict, axes=None):
+    """Latency against L per implementation with the FLOP-bound line (top row), and the
+    achieved fraction of the matmul peak (bottom row); one column per batch size."""
+    import matplotlib.pyplot as plt
+
+    recs, env = results["records"], results["environment"]
+    batches = sorted({r["batch"] for r in recs})
+    if axes is None:
+        fig, axes = plt.subplots(2, len(batches), figsize=(5.2 * len(batches), 7.5),
+                                 squeeze=False, sharex=True)
+    else:
+        fig = axes[0][0].figure
+    labels = [l for l in dict.fromkeys(r["label"] for r in sorted(recs, key=_sort_key))]
+    for col, batch in enumerate(batches):
+        top, bottom = axes[0][col], axes[1][col]
+        for label in labels:
+            rs = sorted((r for r in recs if r["batch"] == batch and r["label"] == label),
+                        key=lambda r: r["layers"])
+            if not rs:
+                continue
+            L = [r["layers"] for r in rs]
+            line, = top.plot(L, [r["median_ms"] for r in rs], "o-", label=label)
+            top.fill_between(L, [r["p25_ms"] for r in rs], [r["p75_ms"] for r in rs],
+                             color=line.get_color(), alpha=0.2, linewidth=0)
+            if rs[0].get("peak_fraction") is not None:
+                bottom.plot(L, [100 * r["peak_fraction"] for r in rs], "o-", label=label,
+                            color=line.get_color())
+        bound = {r["layers"]: r["flop_bound_ms"] for r in recs
+                 if r["batch"] == batch and r.get("flop_bound_ms") is not None}
+        if bound:
+            L = sorted(bound)
+            top.plot(L, [bound[l] for l in L], "k--", label="FLOP bound (FLOPs / peak)")
+            bottom.axhline(100, color="k", ls="--", lw=1)
+        top.set_yscale("log")
+        top.set_xticks(sorted({r["layers"] for r in recs if r["batch"] == batch}))
+        top.set_title(f"batch {batch}")
+        top.set_ylabel("latency per forward pass (ms)")
+        bottom.set_ylabel("achieved / matmul peak (%)")
+        bottom.set_xlabel("L (serial layers, or parallel branches)")
+        top.legend(fontsize=8)
+        bottom.set_ylim(bottom=0)
+    peak = results.get("peak")
+    fig.suptitle(f"{env['device_name']} · {env['dtype']} · {env['threads']} thread(s) · "
+                 f"torch {env['torch']}" + (f" · peak {peak['gflops']:.0f} GFLOP/s" if peak else ""),
+                 fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,658 @@
+"""`duat reproduce finetune`: does a pre-trained serial ViT help Para-Former when data is
+limited? PAPER.md section 5, claim 4.
+
+The experiment, for each target dataset:
+
+1. A source: a serial ViT-L with trained weights. Quick profile (offline, CPU, minutes):
+   a ViT-4 (tiny) trained here on the digits 0-4 (the bundled data). Full profile:
+   torchvision's ImageNet ViT-B/16 ("ViT_B_16_Weights.IMAGENET1K_V1"; see duat.transfer
+   for the three ways weights can be supplied).
+2. What carries over, before any fine-tuning: each Para-Former-m-n layout (m * n = L) is
+   filled with the source's blocks (duat.transfer) and keeps its head. We measure its
+   accuracy on the source task (quick profile: the digits 0-4 test set), how often its
+   prediction agrees with the serial source's on the target test images, and the cosine
+   similarity of its pooled features to the source's. Then, where the source task is at
+   hand, the same model after `carry_steps` steps of training on the source task, next to
+   the same architecture trained from scratch for those steps: how much of what was lost
+   comes back at once.
+3. The limited-data target task (quick: the digits 5-9; full: CIFAR-10 / CIFAR-100) with
+   k examples per class. For every layout, k and seed, two runs of the same architecture:
+   "pretrained" (the transferred blocks, a new head trained alone for head_steps, then
+   everything for `steps`) and "scratch" (random initialisation, head_steps + steps steps
+   of training: the same number of updates, the same optimiser and peak learning rate;
+   neither is tuned separately). The seed chooses the k examples, the new
+   head / the random initialisation and the batch order; the source is trained once.
+   Reported: test accuracy (mean, std over seeds), the accuracy after the head-only phase
+   ("probe": what the frozen transferred features give), and the paired gain
+   pretrained - scratch (same seed, same examples).
+
+Quick profile: k = 5, 10, 20, layouts vit-4 / pf-2-2 / pf-1-4, 5 seeds, one CPU thread:
+90 fine-tuning runs, a few minutes on a laptop CPU, fully offline.
+
+    run_experiment("quick")      # into results/finetune/: results.json, results.csv (summary),
+                                 # runs.csv, finetune_curves.png, carry_over.png
+    duat reproduce finetune --quick          # the same from the command line
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import io
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+EXPERIMENT = "finetune"
+INITS = ("pretrained", "scratch")
+
+
+@dataclass
+class FinetuneSpec:
+    profile: str = "quick"
+    # -- the source: "pretrain" trains source_model here; anything else goes to
+    #    duat.transfer.load_source (named torchvision weights, a state-dict file, a checkpoint)
+    source: str = "pretrain"
+    source_arch: str | None = None            # architecture of a plain state-dict file
+    source_model: str = "vit-4"               # serial model trained by "pretrain"
+    source_size: str = "tiny"
+    source_dataset: str = "digits"
+    source_classes: tuple = (0, 1, 2, 3, 4)
+    source_epochs: int = 20
+    source_lr: float = 2e-3
+    source_batch_size: int = 32
+    source_seed: int = 0
+    # -- the limited-data target task
+    targets: tuple = ("digits",)              # target datasets
+    target_classes: tuple | None = (5, 6, 7, 8, 9)   # None: all classes of the dataset
+    per_class: tuple = (5, 10, 20)            # training examples per class
+    image_size: int | None = None             # None: the dataset's; else resized (pos. embedding interpolated)
+    layouts: tuple = ("vit-4", "pf-2-2", "pf-1-4")   # each with m * n = L of the source
+    assignment: str = "stage-major"           # where the blocks go (duat.convert)
+    select: str | None = None                 # which blocks when m * n < L: first / last / spread
+    carry_steps: int = 40                     # source-task steps after the conversion (0: none)
+    seeds: tuple = (0, 1, 2)
+    steps: int = 120                          # optimisation steps of the whole model
+    head_steps: int = 20                      # head-only steps first (pretrained); scratch gets them too
+    batch_size: int = 16
+    lr: float = 3e-3                          # peak AdamW learning rate (both inits; the kit's
+                                              # quick from-scratch rate, duat.experiments)
+    head_lr: float = 5e-3                     # learning rate of the head-only phase
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.1              # of the epochs, linear warm-up
+    device: str = "auto"
+    threads: int | None = None                # torch CPU threads (None: torch's default)
+    data_root: str | None = None
+    download: bool = True                     # fetch missing torchvision datasets
+
+    def __post_init__(self):
+        for name in ("source_classes", "targets", "per_class", "layouts", "seeds"):
+            value = getattr(self, name)
+            if isinstance(value, (str, int)) or not len(value):
+                raise ValueError(f"{name} must be a non-empty sequence, got {value!r}")
+            setattr(self, name, tuple(value))
+        if self.target_classes is not None:
+            self.target_classes = tuple(self.target_classes)
+        for name in ("steps", "batch_size", "source_epochs", "source_batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        for name in ("head_steps", "carry_steps"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+        for k in self.per_class:
+            if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+                raise ValueError(f"per_class values must be positive ints, got {self.per_class!r}")
+        for s in self.seeds:
+            if not isinstance(s, int) or isinstance(s, bool) or s < 0:
+                raise ValueError(f"seeds must be non-negative ints, got {self.seeds!r}")
+        from duat.registry import parse_name
+
+        for name in self.layouts:
+            parse_name(name)
+
+
+PROFILES: dict[str, dict] = {
+    # offline, CPU: a ViT-4 pre-trained on digits 0-4, fine-tuned on digits 5-9
+    "quick": dict(threads=1, device="cpu", seeds=(0, 1, 2, 3, 4)),
+    # GPU: torchvision's ImageNet ViT-B/16 on CIFAR-10 / CIFAR-100 at 112x112 (7x7 patches)
+    "full": dict(source="ViT_B_16_Weights.IMAGENET1K_V1", targets=("cifar10", "cifar100"),
+                 carry_steps=0,
+                 target_classes=None, per_class=(5, 10, 25), image_size=112,
+                 layouts=("vit-12", "pf-6-2", "pf-3-4", "pf-1-12"), steps=300, head_steps=50,
+                 batch_size=32, lr=1e-4, head_lr=1e-3),
+}
+
+
+def make_spec(profile: str = "quick", **overrides) -> FinetuneSpec:
+    """The spec of a profile, with any FinetuneSpec field overridden (None: keep)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}: expected one of {', '.join(PROFILES)}")
+    known = {f.name for f in fields(FinetuneSpec)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)}; options: {', '.join(sorted(known))}")
+    values = dict(PROFILES[profile], profile=profile)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return FinetuneSpec(**values)
+
+
+# ----------------------------------------------------------------------------- the source
+
+def _train_config(spec: FinetuneSpec, epochs: int, lr: float, seed: int, warmup: bool = True):
+    from duat.training import TrainConfig
+
+    return TrainConfig(epochs=epochs, lr=lr, weight_decay=spec.weight_decay, seed=seed,
+                       warmup_epochs=spec.warmup_fraction * epochs if warmup else 0.0,
+                       device=spec.device, checkpoint_every=epochs)
+
+
+def get_source(spec: FinetuneSpec, progress: bool = False):
+    """(the serial source as a ParaFormer in eval mode, the source task's splits or None,
+    a record of what it is)."""
+    from duat.runtime import seed_everything
+    from duat.training import evaluate, fit
+    from duat.transfer import load_source
+
+    t0 = time.perf_counter()
+    if spec.source != "pretrain":
+        model = load_source(spec.source, arch=spec.source_arch, progress=progress).eval()
+        c = model.config
+        return model, None, {"kind": "weights", "name": spec.source, "layers": c.layers,
+                             "dim": c.dim, "image_size": c.image_size, "patch_size": c.patch_size,
+                             "num_classes": c.num_classes, "seconds": time.perf_counter() - t0}
+    from duat.data import load_data
+    from duat.registry import create_model
+
+    splits = load_data(spec.source_dataset, classes=spec.source_classes, seed=spec.source_seed,
+                       root=spec.data_root, download=spec.download)
+    train, _, test = splits.loaders(batch_size=spec.source_batch_size, seed=spec.source_seed)
+    seed_everything(spec.source_seed)
+    model = create_model(spec.source_model, size=spec.source_size, **splits.model_kwargs())
+    if model.config.width != 1:
+        raise ValueError(f"the source must be a serial ViT ('vit-L'), got {spec.source_model!r}")
+    config = _train_config(spec, spec.source_epochs, spec.source_lr, spec.source_seed)
+    fit(model, train, None, config, progress=False)
+    model.cpu().eval()
+    acc = evaluate(model, test)["accuracy"]
+    if progress:
+        print(f"source {spec.source_model} on {spec.source_dataset} classes "
+              f"{list(spec.source_classes)}: test accuracy {acc:.3f}", flush=True)
+    return model, splits, {"kind": "pretrain", "name": spec.source_model, "size": spec.source_size,
+                           "dataset": spec.source_dataset, "classes": list(spec.source_classes),
+                           "train_size": len(splits.train), "epochs": spec.source_epochs,
+                           "layers": model.config.layers, "dim": model.config.dim,
+                           "test_acc": acc, "seconds": time.perf_counter() - t0}
+
+
+def _wrap(model, image_size: int, data_size: int):
+    from duat.transfer import ResizeInput
+
+    return model if image_size == data_size else ResizeInput(model, image_size)
+
+
+def _target_shape(spec: FinetuneSpec, source, dataset: str) -> tuple[int, int, int]:
+    """(image size the models see, the dataset's own image size, channels)."""
+    from duat.data import dataset_info
+
+    info = dataset_info(dataset)
+    size = spec.image_size or info.image_size
+    if size % source.config.patch_size:
+        raise ValueError(f"image size {size} of {dataset!r} is not divisible by the source's patch "
+                         f"size {source.config.patch_size}: set image_size to a multiple of it")
+    return size, info.image_size, info.in_channels
+
+
+# ----------------------------------------------------------------------------- carry-over
+
+def _pooled_and_logits(model, loader):
+    """(pooled features (N, D), logits (N, K)) of a ParaFormer (or ResizeInput) over a loader."""
+    import torch
+
+    from duat.transfer import ResizeInput, _paraformer
+
+    pf = _paraformer(model)
+    device = next(pf.parameters()).device
+    feats, logits = [], []
+    with torch.no_grad():
+        for x, _ in loader:
+            x = x.to(device)
+            if isinstance(model, ResizeInput):
+                x = torch.nn.functional.interpolate(x, size=(model.image_size,) * 2,
+                                                    mode="bilinear", align_corners=False)
+            f = pf.pool(pf.forward_features(x))                          # (B, D)
+            feats.append(f.float().cpu())
+            logits.append(pf.head(f).float().cpu())
+    return torch.cat(feats), torch.cat(logits)
+
+
+def carry_over(source, spec: FinetuneSpec, dataset: str, source_splits=None,
+               target_test=None) -> list[dict]:
+    """Before any fine-tuning: every layout (and both assignments where they differ) filled
+    with the source's blocks, the source head kept. Per row: source-task accuracy (if the
+    source task is at hand), agreement of predictions with the serial source and cosine
+    similarity of pooled features on the target test images; then, with carry_steps > 0 and
+    the source task at hand, source-task accuracy after carry_steps steps of training on it
+    ("source_acc_after"), next to the same architecture trained from scratch for as many
+    steps ("source_scratch_after")."""
+    import torch
+
+    from duat.convert import ASSIGNMENTS
+    from duat.data import load_data
+    from duat.paraformer import ParaFormer
+    from duat.registry import parse_name
+    from duat.runtime import seed_everything
+    from duat.training import evaluate, fit
+    from duat.transfer import plan, steps_to_epochs, transfer
+
+    size, data_size, channels = _target_shape(spec, source, dataset)
+    device = _device(spec)
+    if target_test is None:
+        target_test = load_data(dataset, classes=spec.target_classes, seed=0, root=spec.data_root,
+                                download=spec.download).loaders(batch_size=256)[2]
+    L = source.config.layers
+    serial = transfer(source, image_size=size, in_channels=channels).to(device).eval()
+    ref_feats, ref_logits = _pooled_and_logits(_wrap(serial, size, data_size), target_test)
+    src_train = src_test = None
+    if source_splits is not None:
+        src_train, _, src_test = source_splits.loaders(batch_size=spec.source_batch_size,
+                                                       seed=spec.source_seed)
+    rows, seen = [], set()
+    for layout in spec.layouts:
+        m, n = parse_name(layout)
+        for assignment in ASSIGNMENTS:
+            placement = plan(L, m, n, assignment, spec.select)
+            key = (m, n, str(placement))
+            if key in seen:
+                continue
+            seen.add(key)
+            row = {"dataset": dataset, "layout": layout, "depth": m, "width": n,
+                   "assignment": assignment, "placement": placement, "source_acc": None,
+                   "source_acc_after": None, "source_scratch_after": None}
+            if src_test is not None:        # on the source task, with the source's head
+                model = transfer(source, (m, n), assignment=assignment,
+                                 select=spec.select).to(device).eval()
+                row["source_acc"] = evaluate(model, src_test)["accuracy"]
+                if spec.carry_steps:
+                    epochs = steps_to_epochs(spec.carry_steps, len(src_train))
+                    config = _train_config(spec, epochs, spec.lr, spec.source_seed)
+                    fit(model, src_train, None, config, progress=False)
+                    row["source_acc_after"] = evaluate(model, src_test)["accuracy"]
+                    seed_everything(spec.source_seed)
+                    scratch = ParaFormer(model.config)
+                    fit(scratch, src_train, None, config, progress=False)
+                    row["source_scratch_after"] = evaluate(scratch, src_test)["accuracy"]
+            moved = transfer(source, (m, n), assignment=assignment, select=spec.select,
+                             image_size=size, in_channels=channels).to(device).eval()
+            feats, logits = _pooled_and_logits(_wrap(moved, size, data_size), target_test)
+            row["agreement"] = (logits.argmax(1) == ref_logits.argmax(1)).float().mean().item()
+            row["feature_cosine"] = torch.nn.functional.cosine_similarity(
+                feats, ref_feats, dim=1).mean().item()
+            rows.append(row)
+    return rows
+
+
+def _device(spec: FinetuneSpec):
+    from duat.runtime import select_device
+
+    return select_device(spec.device)
+
+
+# ----------------------------------------------------------------------------- one run
+
+def finetune_run(source, spec: FinetuneSpec, splits, layout: str, init: str, seed: int) -> dict:
+    """Train one model on the target splits; its record (test accuracy and how it got there)."""
+    from duat.registry import parse_name
+    from duat.runtime import seed_everything
+    from duat.training import evaluate, fit
+    from duat.transfer import fine_tune, steps_to_epochs, train_head, transfer, unfreeze
+    from duat.paraformer import ParaFormer
+
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    m, n = parse_name(layout)
+    size, data_size, channels = _target_shape(spec, source, splits.info.name)
+    train, _, test = splits.loaders(batch_size=spec.batch_size, seed=seed)
+    per_epoch = len(train)
+    seed_everything(seed)
+    model = transfer(source, (m, n), assignment=spec.assignment, select=spec.select,
+                     image_size=size, in_channels=channels, num_classes=splits.info.num_classes,
+                     new_head=True)
+    if init == "scratch":                           # the same architecture, random weights
+        seed_everything(seed)
+        model = ParaFormer(copy.deepcopy(model.config))
+    model = _wrap(model, size, data_size)
+    t0 = time.perf_counter()
+    head_acc = None
+    body_epochs = steps_to_epochs(spec.steps, per_epoch)
+    head_epochs = steps_to_epochs(spec.head_steps, per_epoch) if spec.head_steps else 0
+    if init == "pretrained":
+        steps = 0
+        if head_epochs:       # the new head alone on the frozen transferred body: a probe
+            steps += train_head(model, train, None,
+                                _train_config(spec, head_epochs, spec.head_lr, seed)).step
+            head_acc = evaluate(model, test)["accuracy"]
+        result = fine_tune(model, train, None, _train_config(spec, body_epochs, spec.lr, seed))
+        steps += result["body"].step
+    else:
+        epochs = body_epochs + head_epochs
+        steps = fit(model, train, None, _train_config(spec, epochs, spec.lr, seed), progress=False).step
+    unfreeze(model)
+    test_eval = evaluate(model, test)
+    return {"dataset": splits.info.name, "layout": layout, "depth": m, "width": n,
+            "per_class": splits.config["per_class"], "train_size": len(splits.train),
+            "seed": seed, "init": init, "test_acc": test_eval["accuracy"],
+            "test_loss": test_eval["loss"], "head_acc": head_acc, "steps": steps,
+            "train_s": time.perf_counter() - t0}
+
+
+# ----------------------------------------------------------------------------- the grid
+
+def run_grid(source, spec: FinetuneSpec, dataset: str, progress: bool = False) -> list[dict]:
+    """Every (samples per class, seed, layout, init) run on one target dataset."""
+    from duat.data import load_data
+
+    records = []
+    for k in spec.per_class:
+        for seed in spec.seeds:
+            splits = load_data(dataset, classes=spec.target_classes, per_class=k, seed=seed,
+                               root=spec.data_root, download=spec.download)
+            for layout in spec.layouts:
+                for init in INITS:
+                    r = finetune_run(source, spec, splits, layout, init, seed)
+                    records.append(r)
+                    if progress:
+                        probe = f" (head only {r['head_acc']:.3f})" if r["head_acc"] is not None else ""
+                        print(f"{dataset} k={k:<3} seed={seed} {layout:<8} {init:<10} "
+                              f"test acc {r['test_acc']:.3f}{probe}  {r['train_s']:.1f}s", flush=True)
+    return records
+
+
+def _stats(values: Sequence[float]) -> dict:
+    a = np.asarray(values, dtype=float)
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+            "min": float(a.min()), "max": float(a.max()), "n": int(len(a))}
+
+
+def summarize(records: list[dict]) -> list[dict]:
+    """One row per (dataset, layout, per_class): test accuracy of both inits over seeds
+    (mean, sample std, min, max), the head-only probe, and the paired gain."""
+    keys = sorted({(r["dataset"], r["layout"], r["per_class"]) for r in records},
+                  key=lambda t: (t[0], _layout_order(t[1]), t[2]))
+    rows = []
+    for dataset, layout, k in keys:
+        group = [r for r in records if (r["dataset"], r["layout"], r["per_class"]) == (dataset, layout, k)]
+        by_init = {i: {r["seed"]: r for r in group if r["init"] == i} for i in INITS}
+        row = {"dataset": dataset, "layout": layout, "per_class": k,
+               "train_size": group[0]["train_size"]}
+        for init in INITS:
+            s = _stats([r["test_acc"] for r in by_init[init].values()]) if by_init[init] else None
+            for stat in ("mean", "std", "min", "max", "n"):
+                row[f"{init}_{stat}"] = None if s is None else s[stat]
+        probes = [r["head_acc"] for r in by_init["pretrained"].values() if r["head_acc"] is not None]
+        row["probe_mean"] = _stats(probes)["mean"] if probes else None
+        row["probe_std"] = _stats(probes)["std"] if probes else None
+        paired = [by_init["pretrained"][s]["test_acc"] - by_init["scratch"][s]["test_acc"]
+                  for s in by_init["pretrained"] if s in by_init["scratch"]]
+        g = _stats(paired) if paired else None
+        row["gain_mean"] = None if g is None else g["mean"]
+        row["gain_std"] = None if g is None else g["std"]
+        row["gain_wins"] = sum(d > 0 for d in paired)            # seeds where pretrained is better
+        rows.append(row)
+    return rows
+
+
+def _layout_order(name: str):
+    from duat.registry import parse_name
+
+    m, n = parse_name(name)
+    return (-m, n)          # the serial ViT first, then fewer stages
+
+
+def format_table(summary: list[dict]) -> str:
+    """Plain-text table: accuracy mean +- std over seeds."""
+    def ms(mean, std):
+        return "-" if mean is None else f"{mean:.3f} +- {std:.3f}"
+
+    lines = [f"{'dataset':<9} {'layout':<8} {'k':>3}  {'pretrained':>15}  {'head only':>15}  "
+             f"{'scratch':>15}  {'gain':>16}  wins"]
+    for r in summary:
+        lines.append(f"{r['dataset']:<9} {r['layout']:<8} {r['per_class']:>3}  "
+                     f"{ms(r['pretrained_mean'], r['pretrained_std']):>15}  "
+                     f"{ms(r['probe_mean'], r['probe_std']):>15}  "
+                     f"{ms(r['scratch_mean'], r['scratch_std']):>15}  "
+                     f"{ms(r['gain_mean'], r['gain_std']):>16}  {r['gain_wins']}/{r['pretrained_n']}")
+    return "\n".join(lines)
+
+
+def format_carry_over(rows: list[dict]) -> str:
+    """Plain-text table of carry_over rows (source-task accuracy before / after a few steps)."""
+    def f(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    lines = [f"{'dataset':<9} {'layout':<8} {'assignment':<12} {'source acc':>10} "
+             f"{'after':>6} {'scratch':>7} {'agreement':>9} {'cosine':>7}  placement"]
+    for r in rows:
+        lines.append(f"{r['dataset']:<9} {r['layout']:<8} {r['assignment']:<12} "
+                     f"{f(r['source_acc']):>10} {f(r.get('source_acc_after')):>6} "
+                     f"{f(r.get('source_scratch_after')):>7} {r['agreement']:>9.3f} "
+                     f"{r['feature_cosine']:>7.3f}  {r['placement']}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- plots
+
+def plot_curves(results: dict):
+    """Test accuracy against examples per class: one panel per (dataset, layout);
+    pretrained (fine-tuned), head only, and scratch, mean +- std over seeds."""
+    import matplotlib.pyplot as plt
+
+    summary = results["summary"]
+    datasets = list(dict.fromkeys(r["dataset"] for r in summary))
+    layouts = sorted(dict.fromkeys(r["layout"] for r in summary), key=_layout_order)
+    fig, axes = plt.subplots(len(datasets), len(layouts), figsize=(3.6 * len(layouts), 3.2 * len(datasets)),
+                             squeeze=False, sharey="row")
+    styles = [("pretrained", "fine-tuned from the source", "C0", "-"),
+              ("probe", "head only (source blocks frozen)", "C0", ":"),
+              ("scratch", "from scratch", "C3", "--")]
+    for i, dataset in enumerate(datasets):
+        for j, layout in enumerate(layouts):
+            ax = axes[i][j]
+            rows = sorted((r for r in summary if r["dataset"] == dataset and r["layout"] == layout),
+                          key=lambda r: r["per_class"])
+            ks = [r["per_class"] for r in rows]
+            for key, label, color, ls in styles:
+                means = [r[f"{key}_mean"] for r in rows]
+                if any(v is None for v in means):
+                    continue
+                stds = [r[f"{key}_std"] for r in rows]
+                ax.errorbar(ks, means, yerr=stds, color=color, ls=ls, marker="o", ms=4,
+                            capsize=3, label=label)
+            ax.set_xscale("log")
+            ax.set_xticks(ks, [str(k) for k in ks])
+            ax.minorticks_off()
+            ax.set_title(f"{dataset}: {layout}")
+            ax.set_xlabel("training examples per class")
+            if j == 0:
+                ax.set_ylabel("test accuracy")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8, loc="upper left")
+    n = results["spec"]["seeds"]
+    fig.suptitle(f"Limited-data fine-tuning (mean +- std over {len(n)} seeds; {results['profile']} profile)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_carry_over(results: dict):
+    """Before fine-tuning: what each layout keeps of the serial source."""
+    import matplotlib.pyplot as plt
+
+    rows = results["carry_over"]
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    rows = [r for r in rows if r["dataset"] == datasets[0]]
+    labels = [f"{r['layout']}\n{r['assignment']}" for r in rows]
+    metrics = [("source_acc", "source-task accuracy, as converted"),
+               ("source_acc_after", "... after a few source-task steps"),
+               ("source_scratch_after", "same steps from scratch"),
+               ("agreement", "agrees with the source (target images)"),
+               ("feature_cosine", "feature cosine to the source (target images)")]
+    metrics = [(k, l) for k, l in metrics if all(r.get(k) is not None for r in rows)]
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.5 * len(rows) + 2), 3.8))
+    width = 0.8 / len(metrics)
+    x = np.arange(len(rows))
+    for i, (key, label) in enumerate(metrics):
+        ax.bar(x + (i - (len(metrics) - 1) / 2) * width, [r[key] for r in rows], width, label=label)
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("fraction")
+    ax.set_title("The serial source's blocks in each layout, before fine-tuning", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- the experiment
+
+def default_output_dir(profile: str) -> Path:
+    """results/finetune (quick) or results/finetune-full, under duat.experiments.results_root()."""
+    from duat.experiments import default_output_dir as experiment_dir
+
+    return experiment_dir(EXPERIMENT, profile)
+
+
+def run_experiment(profile: str = "quick", out: str | Path | None = None, overwrite: bool = False,
+                   seeds=None, progress: bool = True, **overrides) -> dict:
+    """Run the experiment and write results.json, results.csv (the summary), runs.csv (every
+    run), finetune_curves.png and carry_over.png into `out` (default: results/finetune/ for
+    the quick profile, results/finetune-full/ for the full one; an earlier run's folder is
+    refused unless overwrite=True). `overrides`: any FinetuneSpec field. Returns the results."""
+    import torch
+
+    from duat.runtime import environment_info
+    from duat.storage import prepare_output_dir
+
+    spec = make_spec(profile, seeds=tuple(seeds) if seeds is not None else None, **overrides)
+    out = default_output_dir(spec.profile) if out is None else out
+    out_dir = prepare_output_dir(out, overwrite=overwrite)      # refuse early, before any work
+    t0 = time.perf_counter()
+    threads = torch.get_num_threads()
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    try:
+        source, source_splits, source_info = get_source(spec, progress=progress)
+        carry, runs = [], []
+        for dataset in spec.targets:
+            carry += carry_over(source, spec, dataset, source_splits)
+            if progress:
+                print(format_carry_over([r for r in carry if r["dataset"] == dataset]), flush=True)
+            runs += run_grid(source, spec, dataset, progress=progress)
+        environment = environment_info()                      # with the threads used
+    finally:
+        torch.set_num_threads(threads)
+    summary = summarize(runs)
+    results = {"experiment": EXPERIMENT, "profile": spec.profile, "spec": asdict(spec),
+               "source": source_info, "carry_over": carry, "summary": summary, "runs": runs,
+               "wall_time_s": time.perf_counter() - t0, "environment": environment}
+    write_results(results, out_dir)
+    if progress:
+        print(format_table(summary))
+        print(f"wrote {out_dir} in {results['wall_time_s']:.0f} s", flush=True)
+    return results
+
+
+def write_results(results: dict, out_dir: str | Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from duat.storage import atomic_savefig, atomic_write_json, atomic_write_text
+
+    out_dir = Path(out_dir)
+    atomic_write_json(out_dir / "results.json", results)
+    atomic_write_text(out_dir / "results.csv", _csv(results["summary"]))
+    atomic_write_text(out_dir / "runs.csv", _csv(results["runs"]))
+    for name, plot in (("finetune_curves.png", plot_curves), ("carry_over.png", plot_carry_over)):
+        fig = plot(results)
+        atomic_savefig(fig, out_dir / name, dpi=120)
+        plt.close(fig)
+
+
+def _csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    return buffer.getvalue()
+
+
+def load_results(path: str | Path | None = None) -> dict:
+    """results.json of an earlier run (a folder or the file itself; default: the committed
+    quick-profile results, results/finetune/)."""
+    import json
+
+    path = default_output_dir("quick") if path is None else Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no results at {path}; run `duat reproduce finetune --quick` "
+                                f"(or duat.finetune.run_experiment) first")
+    return json.loads(path.read_text())
+
+
+# ----------------------------------------------------------------------------- command line
+# `duat reproduce finetune [--quick | --full]`: duat.experiments owns the `reproduce` parser
+# (--quick/--full, --out, --overwrite, --seeds, --device, --threads, --data-root,
+# --no-download, --no-progress) and hands a run named "finetune" to `run` below;
+# `add_arguments` adds the options only this experiment has.
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("finetune only")
+    group.add_argument("--weights", metavar="SOURCE",
+                       help="pre-trained source: a torchvision weights name, a state-dict file or a "
+                            "kit checkpoint (default: quick pre-trains a ViT-4 on digits 0-4; full "
+                            "uses ViT_B_16_Weights.IMAGENET1K_V1)")
+    group.add_argument("--arch", help="architecture of a plain state-dict file (vit_b_16, vit-4, ...)")
+    group.add_argument("--datasets", nargs="+", metavar="NAME", help="target dataset(s)")
+    group.add_argument("--per-class", type=int, nargs="+", metavar="K",
+                       help="training examples per class of the target task")
+    group.add_argument("--layouts", nargs="+", metavar="NAME",
+                       help="layouts with m * n = L of the source, e.g. vit-4 pf-2-2 pf-1-4")
+    group.add_argument("--select", choices=("first", "last", "spread"),
+                       help="which source blocks when a layout has m * n < L")
+
+
+def run(args: argparse.Namespace) -> int:
+    """`duat reproduce finetune` (args: the `reproduce` parser's namespace)."""
+    from duat.data import DatasetUnavailableError
+    from duat.runtime import profile
+    from duat.transfer import WeightsUnavailableError
+
+    if getattr(args, "compare", None):
+        print("duat reproduce finetune: --compare is not supported for this experiment",
+              file=sys.stderr)
+        return 2
+    try:
+        chosen = profile(getattr(args, "profile", None))
+        results = run_experiment(
+            chosen, out=getattr(args, "out", None), overwrite=getattr(args, "overwrite", False),
+            seeds=getattr(args, "seeds", None), progress=not getattr(args, "no_progress", False),
+            source=getattr(args, "weights", None), source_arch=getattr(args, "arch", None),
+            targets=getattr(args, "datasets", None), per_class=getattr(args, "per_class", None),
+            layouts=getattr(args, "layouts", None), select=getattr(args, "select", None),
+            device=getattr(args, "device", None), threads=getattr(args, "threads", None),
+            data_root=getattr(args, "data_root", None),
+            download=False if getattr(args, "no_download", False) else None)
+    except (FileExistsError, WeightsUnavailableError, DatasetUnavailableError, ValueError,
+            TypeError) as err:
+        print(f"duat reproduce finetune: error: {err}", file=sys.stderr)
+        return 2
+    if getattr(args, "no_progress", False):
+        print(format_table(results["summary"]))
+    print(f"\nfine-tuning from a pre-trained serial ViT ({chosen} profile, "
+          f"{len(results['runs'])} runs, {results['wall_time_s']:.0f} s)")
+    return 0

@@ -1,0 +1,312 @@
+"""The latency benchmark (duat.bench): well-formed records, clear refusals, the roofline's
+FLOP count. Nothing here asserts a timing: the issue's targets are read off a run's output."""
+import math
+
+import pytest
+import torch
+
+from duat import bench
+from duat.bench import BenchSpec, build_model, check_targets, run_benchmark
+from duat.bench import harness
+from duat.cli import main
+from duat.counting import flops, measured_flops
+
+# The smallest run that still exercises everything: 8x8 images, tiny width, L = 1 and 2.
+TINY = dict(size="tiny", image_size=8, in_channels=1, layers=(1, 2), batches=(1, 3),
+            reps=3, min_reps=3, warmup=1, rounds=2, peak_sizes=(64, 128), device="cpu")
+TINY_ARGS = ["--device", "cpu", "--size", "tiny", "--image-size", "8", "--in-channels", "1",
+             "--layers", "1", "2", "--batch", "2", "--reps", "3", "--warmup", "1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_results():
+    return run_benchmark(BenchSpec(**TINY))
+
+
+def expected_impls():
+    return [i for i in bench.IMPLEMENTATIONS
+            if i != "timm-parallel" or bench.timm_available() is None]
+
+
+# ----------------------------------------------------------------------------- records
+
+def test_records_are_well_formed(tiny_results):
+    recs = tiny_results["records"]
+    impls = expected_impls()
+    assert len(recs) == 2 * 2 * len(impls)  # L x batch x implementation (eager only)
+    assert {(r["implementation"], r["layers"], r["batch"]) for r in recs} == {
+        (i, L, B) for i in impls for L in (1, 2) for B in (1, 3)}
+    for r in recs:
+        for key in ("device_name", "torch", "dtype", "threads", "date", "batch"):
+            assert r[key] not in (None, ""), key
+        assert r["device"] == "cpu" and r["dtype"] == "float32" and r["threads"] >= 1
+        assert r["reps"] == len(r["samples_ms"]) >= 3
+        assert 0 < r["min_ms"] <= r["p10_ms"] <= r["p25_ms"] <= r["median_ms"] \
+            <= r["p75_ms"] <= r["p90_ms"]
+        assert math.isclose(r["iqr_ms"], r["p75_ms"] - r["p25_ms"])
+        assert math.isclose(r["achieved_gflops"], r["flops"] / r["median_ms"] / 1e6)
+        assert math.isclose(r["peak_fraction"], r["achieved_gflops"] / r["peak_gflops"])
+    env = tiny_results["environment"]
+    assert env["threads"] == torch.get_num_threads() and env["torch"] == torch.__version__
+    peak = tiny_results["peak"]
+    assert peak["gflops_p25"] <= peak["gflops"] <= peak["gflops_p75"]
+    # the peak's GEMM is timed before every round of every (batch, L): 2 x 2 groups x 2 rounds
+    assert peak["calls"] == 2 * 2 * 2 * harness.PEAK_CALLS_PER_ROUND
+    assert peak["size"] in (64, 128)
+
+
+def test_flop_bound_line_uses_the_models_own_flop_count(tiny_results):
+    peak = tiny_results["peak"]["gflops"]
+    for r in tiny_results["records"]:
+        model = build_model(r["implementation"], r["layers"], BenchSpec(**TINY))
+        assert r["flops"] == flops(model.config, r["batch"])
+        assert math.isclose(r["flop_bound_ms"], r["flops"] / peak / 1e6)
+    # the same FLOPs at the same L, whatever the implementation (one bound line per batch)
+    for L in (1, 2):
+        assert len({r["flops"] for r in tiny_results["records"]
+                    if r["layers"] == L and r["batch"] == 1}) == 1
+
+
+@pytest.mark.parametrize("impl", list(bench.IMPLEMENTATIONS))
+def test_analytic_flops_match_torchs_flop_counter(impl):
+    if impl == "timm-parallel" and bench.timm_available() is not None:
+        pytest.skip("timm not installed")
+    spec = BenchSpec(**TINY)
+    model = build_model(impl, 3, spec)
+    x = torch.randn(2, 1, 8, 8)
+    assert measured_flops(model, x) == flops(model.config, 2)
+
+
+def test_vit_and_paraformer_of_equal_layers_have_equal_flops():
+    spec = BenchSpec(size="small", image_size=32, in_channels=3)
+    vit, pf = build_model("vit", 12, spec), build_model("pf-batched", 12, spec)
+    assert vit.config.num_tokens == 65 and vit.config.dim == 192  # 64 patches + class token
+    assert flops(vit.config, 1) == flops(pf.config, 1)
+
+
+def test_implementations_compute_the_same_function_where_they_should():
+    spec = BenchSpec(**TINY)
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        y = build_model("pf-batched", 3, spec)(x)
+        err = (build_model("pf-reference", 3, spec)(x) - y).abs().max().item()
+    assert err < 1e-5  # same seed, same weights: batched and loop agree
+
+
+def test_timm_missing_is_skipped_with_a_note(monkeypatch):
+    monkeypatch.setattr(harness, "timm_available", lambda: "timm is not importable (test)")
+    res = run_benchmark(BenchSpec(**dict(TINY, layers=(1,), batches=(1,))), measure_peak=False)
+    assert "timm-parallel" in res["skipped"]
+    assert not any(r["implementation"] == "timm-parallel" for r in res["records"])
+    assert res["peak"] is None and all(r["flop_bound_ms"] is None for r in res["records"])
+
+
+# ----------------------------------------------------------------------------- refusals
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(batches=(0,)), "batch"),
+    (dict(batches=(1, -4)), "batch"),
+    (dict(batches=()), "batch"),
+    (dict(layers=(0,)), "layers"),
+    (dict(layers=(1, 2.5)), "layers"),
+    (dict(implementations=("vit", "resnet")), "unknown implementation 'resnet'"),
+    (dict(variants=("turbo",)), "unknown variant 'turbo'"),
+    (dict(dtype="float64"), "dtype"),
+    (dict(size="huge"), "size"),
+    (dict(reps=2, min_reps=3), "reps"),
+    (dict(min_reps=2), "min_reps"),
+    (dict(threads=0), "threads"),
+    (dict(max_case_seconds=0), "max_case_seconds"),
+])
+def test_spec_refuses_nonsense(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        BenchSpec(**kwargs)
+
+
+def test_build_model_refuses_unknown_implementation_and_zero_layers():
+    with pytest.raises(ValueError, match="unknown implementation 'mlp'"):
+        build_model("mlp", 2)
+    with pytest.raises(ValueError, match="layers"):
+        build_model("vit", 0)
+
+
+def test_cuda_only_variant_is_refused_on_the_cpu():
+    with pytest.raises(ValueError, match="CUDA"):
+        run_benchmark(BenchSpec(**dict(TINY, variants=("eager", "graph"))))
+    with pytest.raises(TypeError, match="BenchSpec"):
+        run_benchmark({"layers": (1,)})
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--batch", "0"], "batch"),
+    (["--layers", "0", "4"], "layers"),
+    (["--impl", "vit", "nope"], "unknown implementation 'nope'"),
+    (["--device", "tpu"], "device"),
+])
+def test_cli_refuses_nonsense_with_status_2(args, words, capsys):
+    assert main(["bench", *TINY_ARGS, "--no-save", *args]) == 2
+    assert words in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- output
+
+def test_cli_writes_json_csv_png_and_refuses_to_overwrite(tmp_path, capsys):
+    args = ["bench", *TINY_ARGS, "--impl", "vit", "pf-batched", "--out", str(tmp_path),
+            "--name", "run"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "median ms" in out and "pf-batched" in out and "matmul peak" in out
+    folder = tmp_path / "run"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(bench.RESULT_FILES)
+    res = bench.load_results(folder)
+    assert len(res["records"]) == 4 and "targets" in res
+    csv_lines = (folder / "results.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("implementation,variant,label,layers,batch")
+    assert len(csv_lines) == 1 + 4
+    assert (folder / "latency_vs_layers.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(args) == 2  # the folder holds an earlier run
+    assert "earlier run" in capsys.readouterr().err
+    assert bench.list_runs(tmp_path) == [folder]
+
+
+def test_table_lists_every_case(tiny_results):
+    table = bench.format_table(tiny_results)
+    for impl in expected_impls():
+        assert impl in table
+    lines = 4 + len(tiny_results["records"]) + len(tiny_results["skipped"])
+    assert len(table.splitlines()) == lines
+
+
+def _fake(impl, L, batch, median, device="cpu", variant="eager", dim=192, tokens=65):
+    r = dict(implementation=impl, variant=variant, label=impl, layers=L, batch=batch,
+             dim=dim, tokens=tokens, median_ms=median, p25_ms=0.9 * median, p75_ms=1.1 * median,
+             flops=10 ** 9, peak_gflops=100.0)
+    return bench.add_roofline(r, 100.0)
+
+
+def test_targets_are_decided_from_the_records():
+    recs = [_fake("vit", 12, 1, 20.0), _fake("pf-batched", 12, 1, 12.5),
+            _fake("pf-reference", 12, 1, 18.0), _fake("vit", 12, 64, 100.0),
+            _fake("pf-batched", 12, 64, 104.0)]
+    checks = check_targets({"environment": {"device": "cpu"}, "records": recs})
+    got = {c["target"].split(": ", 1)[1]: c for c in checks}
+    assert got["speed-up of pf-1-12 batched over serial ViT-12"]["value"] == pytest.approx(1.6)
+    assert got["speed-up of pf-1-12 batched over serial ViT-12"]["holds"]
+    assert not got["speed-up of pf-1-12 batched over reference loop"]["holds"]
+    assert got["pf-1-12 batched achieved / matmul peak"]["value"] == pytest.approx(0.8)
+    assert got["latency pf-1-12 batched / serial ViT-12"]["holds"]  # 1.04 <= 1.05
+    assert "timm" not in " ".join(got)  # no timm record: that target is not decidable
+    gpu = [_fake(i, L, 1, m, device="cuda", dim=384) for i, L, m in
+           (("pf-batched", 1, 1.0), ("pf-batched", 24, 1.2), ("vit", 1, 1.0), ("vit", 24, 9.0))]
+    checks = check_targets({"environment": {"device": "cuda"}, "records": gpu})
+    assert [c["holds"] for c in checks] == [True, False]
+
+
+# ----------------------------------------------------------------------------- more refusals
+
+def test_nothing_left_to_time_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(harness, "timm_available", lambda: "timm is not importable (test)")
+    with pytest.raises(ValueError, match="nothing to time.*timm"):
+        run_benchmark(BenchSpec(**dict(TINY, implementations=("timm-parallel",))))
+    args = ["bench", *TINY_ARGS, "--impl", "timm-parallel", "--out", str(tmp_path), "--name", "r"]
+    assert main(args) == 2
+    assert "nothing to time" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # the empty folder made for the run is removed
+
+
+def test_a_variant_that_fails_to_build_is_skipped_not_fatal(monkeypatch):
+    def broken_compile(model, **kwargs):
+        def call(x):
+            raise RuntimeError("no compiler here (test)")
+        return call
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    spec = BenchSpec(**dict(TINY, layers=(1,), batches=(1,), implementations=("vit",),
+                            variants=("eager", "compile")))
+    res = run_benchmark(spec, measure_peak=False)
+    assert [r["label"] for r in res["records"]] == ["vit"]
+    assert "no compiler here" in res["skipped"]["vit+compile"]
+
+
+def test_unknown_preset_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--preset", "turbo"])
+    assert exit_info.value.code == 2
+    assert "turbo" in capsys.readouterr().err
+
+
+def test_presets_give_valid_specs():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    for name in bench.PRESETS:
+        spec, preset = bench.spec_from_args(parser.parse_args(["--preset", name]))
+        assert preset == name and spec.layers == (1, 2, 4, 8, 12, 16, 24)
+    spec, _ = bench.spec_from_args(parser.parse_args(["--preset", "gpu"]))
+    assert (spec.device, spec.size, spec.image_size) == ("cuda", "base", 224)
+    assert "graph" in spec.variants
+    spec, _ = bench.spec_from_args(parser.parse_args(["--full", "--batch", "2", "--device", "cpu"]))
+    assert spec.batches == (2,) and spec.device == "cpu" and spec.reps == 60
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a CPU-only machine")
+def test_gpu_preset_on_a_machine_without_cuda_exits_2(capsys):
+    assert main(["bench", "--preset", "gpu", "--no-save"]) == 2
+    assert "not available" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- saved runs
+
+def test_save_results_refuses_to_overwrite(tiny_results, tmp_path):
+    folder = tmp_path / "run"
+    paths = bench.save_results(tiny_results, folder)
+    assert sorted(p.name for p in paths) == sorted(bench.RESULT_FILES)
+    before = (folder / "results.json").read_bytes()
+    with pytest.raises(FileExistsError, match="earlier run"):
+        bench.save_results(tiny_results, folder)
+    assert (folder / "results.json").read_bytes() == before
+    bench.save_results(tiny_results, folder, overwrite=True)  # only when asked
+    with pytest.raises(TypeError, match="run_benchmark"):
+        bench.save_results({"records": []}, tmp_path / "other")
+
+
+def test_load_results_refuses_what_is_not_a_run(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        bench.load_results(tmp_path)
+    (tmp_path / "results.json").write_text('{"hello": 1}')
+    with pytest.raises(ValueError, match="not a duat benchmark"):
+        bench.load_results(tmp_path)
+
+
+def test_latest_run_picks_the_newest_full_run_of_a_device(tiny_results, tmp_path):
+    def save(name, date, device="cpu", preset="full"):
+        env = dict(tiny_results["environment"], date=date, device=device)
+        bench.save_results(dict(tiny_results, environment=env, preset=preset), tmp_path / name)
+
+    assert bench.latest_run(tmp_path) is None and bench.latest_run(tmp_path / "absent") is None
+    save("cpu-2026-01-02", "2026-01-02T10:00:00+00:00")
+    save("cpu-2026-03-01", "2026-03-01T10:00:00+00:00")
+    save("cpu-quick-2026-04-01-101010", "2026-04-01T10:10:10+00:00", preset="quick")
+    save("cuda-2026-02-01", "2026-02-01T10:00:00+00:00", device="cuda")
+    (tmp_path / "notes").mkdir()  # a folder without results.json is not a run
+    assert bench.latest_run(tmp_path).name == "cpu-2026-03-01"
+    assert bench.latest_run(tmp_path, include_quick=True).name.startswith("cpu-quick-")
+    assert bench.latest_run(tmp_path, device="cuda").name == "cuda-2026-02-01"
+    assert bench.latest_run(tmp_path, device="mps") is None
+
+
+def test_quick_cli_run_gets_its_own_folder_and_is_marked_quick(tmp_path, capsys):
+    args = ["bench", "--quick", *TINY_ARGS, "--impl", "vit", "--layers", "1",
+            "--out", str(tmp_path)]
+    assert main(args) == 0
+    (folder,) = bench.list_runs(tmp_path)
+    assert folder.name.startswith("cpu-quick-")
+    res = bench.load_results(folder)
+    assert res["preset"] == "quick" and bench.is_quick(res, folder)
+    assert bench.latest_run(tmp_path) is None  # quick runs are not the committed results
+
+
+def test_results_root_is_found_from_a_subfolder(tmp_path):
+    (tmp_path / "results" / "bench").mkdir(parents=True)
+    (tmp_path / "notebooks").mkdir()
+    assert bench.results_root(tmp_path / "notebooks") == tmp_path / "results" / "bench"
