@@ -310,3 +310,40 @@ def test_results_root_is_found_from_a_subfolder(tmp_path):
     (tmp_path / "results" / "bench").mkdir(parents=True)
     (tmp_path / "notebooks").mkdir()
     assert bench.results_root(tmp_path / "notebooks") == tmp_path / "results" / "bench"
+
+
+# ----------------------------------------------------------------------------- rerun vs committed
+
+def test_compare_runs_marks_cases_outside_the_spread(tiny_results):
+    import copy
+
+    from duat.bench.report import compare_runs, format_comparison
+
+    same = compare_runs(tiny_results, tiny_results)
+    assert len(same) == len(tiny_results["records"])
+    assert all(r["within_spread"] and r["ratio"] == 1.0 for r in same)
+    slower = copy.deepcopy(tiny_results)
+    first = slower["records"][0]
+    for k in ("median_ms", "p25_ms", "p75_ms"):  # one case 10x slower than its spread allows
+        first[k] = 10 * first["p75_ms"] + 10 * first[k]
+    rows = compare_runs(slower, tiny_results)
+    assert [r["within_spread"] for r in rows].count(False) == 1
+    text = format_comparison(rows, "then")
+    assert "NO" in text and f"{len(rows) - 1} of {len(rows)} cases" in text
+    other = copy.deepcopy(tiny_results)
+    for r in other["records"]:
+        r["batch"] = 999
+    assert compare_runs(other, tiny_results) == []
+
+
+def test_cli_compare_reads_an_earlier_run_and_refuses_a_missing_one(tmp_path, capsys):
+    base = ["bench", *TINY_ARGS, "--impl", "vit", "--out", str(tmp_path)]
+    assert main([*base, "--name", "a"]) == 0
+    capsys.readouterr()
+    code = main([*base, "--name", "b", "--compare", str(tmp_path / "a")])
+    out = capsys.readouterr().out
+    assert "this run against" in out and "cases within the measured spread" in out
+    assert code in (0, 1)  # timing noise decides which; both are valid answers
+    assert main([*base, "--name", "c", "--compare", str(tmp_path / "nothing")]) == 2
+    assert "no benchmark results" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()

@@ -64,6 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="the run's folder name (default: DEVICE[-quick]-DATE)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run's files")
     parser.add_argument("--no-save", action="store_true", help="print the table, write nothing")
+    parser.add_argument("--compare", metavar="RESULTS",
+                        help="afterwards, compare each case with an earlier run (its folder or "
+                             "results.json); exit 1 if fewer than 80%% of the common cases lie "
+                             "within the measured spread")
 
 
 def spec_from_args(args: argparse.Namespace) -> tuple[BenchSpec, str]:
@@ -88,10 +92,12 @@ def spec_from_args(args: argparse.Namespace) -> tuple[BenchSpec, str]:
 
 def run(args: argparse.Namespace) -> int:
     from duat.bench.harness import resolve_device, run_benchmark
-    from duat.bench.report import check_targets, format_table, format_targets, save_results
+    from duat.bench.report import (check_targets, compare_runs, format_comparison, format_table,
+                                   format_targets, load_results, save_results)
     from duat.storage import prepare_output_dir
 
     try:
+        reference = load_results(args.compare) if args.compare else None
         spec, preset = spec_from_args(args)
         device = resolve_device(spec)
         folder = None
@@ -100,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
             name = args.name or (f"{device.type}-quick-{now:%Y-%m-%d-%H%M%S}" if preset == "quick"
                                  else f"{device.type}-{now:%Y-%m-%d}")
             folder = prepare_output_dir(Path(args.out) / name, overwrite=args.overwrite)
-    except (ValueError, FileExistsError, NotADirectoryError) as err:
+    except (ValueError, FileExistsError, FileNotFoundError, NotADirectoryError) as err:
         print(f"duat bench: error: {err}", file=sys.stderr)
         return 2
     print(f"duat bench ({preset}): batch {list(spec.batches)}, L {list(spec.layers)}, "
@@ -119,4 +125,9 @@ def run(args: argparse.Namespace) -> int:
     if folder is not None:
         for path in save_results(results, folder, overwrite=True):  # the folder checked above
             print(f"wrote {path}")
+    if reference is not None:
+        rows = compare_runs(results, reference)
+        print(format_comparison(rows, args.compare))
+        if not rows or sum(r["within_spread"] for r in rows) < 0.8 * len(rows):
+            return 1
     return 0

@@ -64,6 +64,46 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- rerun vs committed
+
+CASE_KEYS = ("implementation", "variant", "batch", "layers", "dtype", "dim", "tokens", "device")
+
+
+def compare_runs(new: dict, reference: dict) -> list[dict]:
+    """Each case timed in both runs: the two medians, their ratio, and whether the new median
+    lies within the reference's measured spread widened by the new run's own (the two
+    interquartile ranges overlap). Cases of only one run are left out; the machine is not
+    checked: compare runs of the same device."""
+    def key(r):
+        return tuple(r.get(k) for k in CASE_KEYS)
+
+    ref = {key(r): r for r in reference["records"]}
+    rows = []
+    for r in sorted(new["records"], key=_sort_key):
+        old = ref.get(key(r))
+        if old is None:
+            continue
+        overlap = r["p25_ms"] <= old["p75_ms"] and old["p25_ms"] <= r["p75_ms"]
+        rows.append({"batch": r["batch"], "layers": r["layers"], "label": r["label"],
+                     "median_ms": r["median_ms"], "reference_ms": old["median_ms"],
+                     "ratio": r["median_ms"] / old["median_ms"], "within_spread": overlap})
+    return rows
+
+
+def format_comparison(rows: list[dict], reference_name: str = "reference") -> str:
+    if not rows:
+        return f"no case in common with {reference_name}"
+    head = f"{'batch':>5} {'L':>3}  {'implementation':<22} {'now ms':>9} {'then ms':>9} {'ratio':>6}  within spread"
+    lines = [f"this run against {reference_name} (same case: median now / median then):", head,
+             "-" * len(head)]
+    lines += [f"{r['batch']:>5} {r['layers']:>3}  {r['label']:<22} {r['median_ms']:>9.3f} "
+              f"{r['reference_ms']:>9.3f} {r['ratio']:>6.2f}  {'yes' if r['within_spread'] else 'NO'}"
+              for r in rows]
+    ok = sum(r["within_spread"] for r in rows)
+    lines.append(f"{ok} of {len(rows)} cases within the measured spread (interquartile ranges overlap)")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- targets
 
 def _ratio(a: dict, b: dict) -> dict:
