@@ -11,7 +11,8 @@ models, a list of data variants (subsets), seeds and a training budget, for two 
     accuracy-vs-depth   the m x n grid Para-Former-m-n, next to ViT-L with L = m * n layers
                         (again the same parameter count).
     data-scale          the width sweep trained on 10 %, 25 %, 50 %, 100 % of the training
-                        set (stratified), every run with the same number of optimisation steps.
+                        set (stratified), every run with about the same number of optimisation
+                        steps (the plan's `steps`, rounded up to whole epochs).
     data-diversity      the width sweep on 2, 5, 10 classes with the same number of training
                         images; accuracy is also reported above chance, (acc - 1/k) / (1 - 1/k).
 
@@ -222,11 +223,11 @@ def run_experiment(name: str, profile: str = "quick", *, out: str | Path | None 
     if not runs:
         raise ValueError("the selection holds no runs")
 
-    env = environment_info()
-    versions = {k: env[k] for k in ("duat", "python", "torch", "torchvision", "numpy", "platform")}
     old_threads = torch.get_num_threads()
     if plan.threads is not None:
         torch.set_num_threads(plan.threads)
+    env = environment_info()  # after the thread count is set: it records the threads used
+    versions = {k: env[k] for k in ("duat", "python", "torch", "torchvision", "numpy", "platform")}
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -332,6 +333,27 @@ def summarize(records: Sequence[dict], metrics: Sequence[str] = ("test_acc", "te
     return rows
 
 
+def twin_differences(results: dict, metric: str = "test_acc") -> list[dict]:
+    """Para-Former-m-n minus its serial twin ViT-(m*n) (same parameter count), paired by seed
+    and data variant: one row per Para-Former run with n > 1 whose twin was run too."""
+    twins = {(r["model"], r["seed"], r["fraction"], r["per_class"], r["num_classes"]): r
+             for r in results["records"] if r["width"] == 1}
+    rows = []
+    for r in results["records"]:
+        if r["width"] == 1:
+            continue
+        twin = twins.get((f"vit-{r['layers']}", r["seed"], r["fraction"], r["per_class"], r["num_classes"]))
+        if twin is None:
+            continue
+        diff = r[metric] - twin[metric]
+        rows.append({"model": r["model"], "twin": twin["model"], "depth": r["depth"],
+                     "width": r["width"], "layers": r["layers"], "seed": r["seed"],
+                     "fraction": r["fraction"], "per_class": r["per_class"],
+                     "num_classes": r["num_classes"], "difference": diff,
+                     "images": round(diff * r["test_samples"]), "test_samples": r["test_samples"]})
+    return rows
+
+
 def compare_results(new: dict, reference: dict, metric: str = "test_acc") -> list[dict]:
     """Per configuration: is the new mean within the seed spread of the reference?
 
@@ -353,6 +375,11 @@ def compare_results(new: dict, reference: dict, metric: str = "test_acc") -> lis
     if not rows:
         raise ValueError("the two result sets share no configuration")
     return rows
+
+
+def _missing_configurations(new: dict, reference: dict) -> list[dict]:
+    keys = {tuple(r[k] for k in GROUP_KEYS) for r in new["summary"]}
+    return [r for r in reference["summary"] if tuple(r[k] for k in GROUP_KEYS) not in keys]
 
 
 def load_results(name_or_path: str | Path) -> dict:
@@ -510,7 +537,8 @@ def format_summary(results: dict, metric: str = "test_acc") -> str:
 # ----------------------------------------------------------------------------- CLI
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("experiment", nargs="?", help=f"one of: {', '.join(EXPERIMENTS)}, or 'all'")
+    parser.add_argument("experiment", nargs="?", help=f"one of: {', '.join(EXPERIMENTS)}, finetune, "
+                                                         "or 'all' (the first four)")
     parser.add_argument("--list", action="store_true", help="list the experiments and exit")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--quick", action="store_const", const="quick", dest="profile",
@@ -556,11 +584,20 @@ def _reproduce(args: argparse.Namespace) -> int:
         from duat import finetune
 
         return finetune.run(args)
-    names = list(EXPERIMENTS) if args.experiment == "all" else [get_experiment(args.experiment).name]
+    if args.experiment != "all" and args.experiment not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {args.experiment!r}; known experiments: "
+                         f"{', '.join([*EXPERIMENTS, 'finetune'])}, or 'all' "
+                         f"(see `duat reproduce --list`)")
+    names = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
     if len(names) > 1 and (args.out or args.compare):
         raise ValueError("--out and --compare need a single experiment, not 'all'")
     profile = check_profile(args.profile)
     reference = load_results(args.compare) if args.compare else None
+    if reference is not None and args.out is None and not args.overwrite:
+        default = default_output_dir(names[0], profile)
+        if default.is_dir() and any(default.iterdir()):
+            raise FileExistsError(f"{default} already holds results; to rerun and compare "
+                                  f"with them, write the rerun elsewhere: --out DIR")
     status = 0
     for name in names:
         results = run_experiment(name, profile, out=args.out, overwrite=args.overwrite,
@@ -574,11 +611,15 @@ def _reproduce(args: argparse.Namespace) -> int:
         if reference is not None:
             rows = compare_results(results, reference)
             bad = [r for r in rows if not r["within"]]
+            missing = _missing_configurations(results, reference)
             for r in rows:
                 print(f"  {_label(r['model']):18s} fraction {r['fraction']:<5g} classes {r['num_classes']:<3d} "
                       f"reference {r['reference']:.4f}  new {r['new']:.4f}  "
                       f"diff {r['difference']:+.4f}  tolerance {r['tolerance']:.4f}  "
                       f"{'ok' if r['within'] else 'OUTSIDE'}")
             print(f"{len(rows) - len(bad)}/{len(rows)} configurations within the seed spread")
+            if missing:
+                print(f"{len(missing)} configuration(s) of the reference not rerun: "
+                      + "; ".join(_label(m["model"]) for m in missing))
             status = 1 if bad else status
     return status

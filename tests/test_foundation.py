@@ -136,3 +136,15 @@ def test_atomic_torch_save_roundtrip(tmp_path):
 
     path = storage.atomic_torch_save({"w": torch.arange(4)}, tmp_path / "ck.pt")
     assert torch.equal(torch.load(path)["w"], torch.arange(4))
+
+
+def test_atomic_write_gives_the_mode_of_a_plain_open(tmp_path):
+    import os
+    import stat
+
+    from duat.storage import atomic_write_text
+
+    (tmp_path / "plain.txt").write_text("x")
+    atomic_write_text(tmp_path / "atomic.txt", "x")
+    mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)
+    assert mode(tmp_path / "atomic.txt") == mode(tmp_path / "plain.txt")
