@@ -101,6 +101,10 @@ def format_comparison(rows: list[dict], reference_name: str = "reference") -> st
               for r in rows]
     ok = sum(r["within_spread"] for r in rows)
     lines.append(f"{ok} of {len(rows)} cases within the measured spread (interquartile ranges overlap)")
+    ratios = sorted(r["ratio"] for r in rows)
+    lines.append(f"median of the ratios {ratios[len(ratios) // 2]:.2f} (range {ratios[0]:.2f}-"
+                 f"{ratios[-1]:.2f}): a shift shared by every case is the machine's speed that "
+                 f"day, not the code; compare the targets' ratios then")
     return "\n".join(lines)
 
 
