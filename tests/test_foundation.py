@@ -148,3 +148,23 @@ def test_atomic_write_gives_the_mode_of_a_plain_open(tmp_path):
     atomic_write_text(tmp_path / "atomic.txt", "x")
     mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)
     assert mode(tmp_path / "atomic.txt") == mode(tmp_path / "plain.txt")
+
+
+def test_make_lab_opens_notebooks_and_runs_as_root_too(tmp_path):
+    """`make lab` (dry run): JupyterLab on notebooks/, with --allow-root where the user is root
+    (Jupyter refuses root otherwise, and containers often run as root)."""
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    root = Path(__file__).resolve().parents[1]
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    (venv / ".duat-installed").touch()  # newer than pyproject.toml: no install step
+    out = subprocess.run(["make", "-n", "lab", f"VENV={venv}"], cwd=root, capture_output=True,
+                         text=True, check=True).stdout
+    assert "jupyter lab --notebook-dir=notebooks" in out
+    assert ("--allow-root" in out) == (os.geteuid() == 0)
