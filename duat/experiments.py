@@ -193,7 +193,7 @@ def run_experiment(name: str, profile: str = "quick", *, out: str | Path | None 
     from duat.data import load_data
     from duat.registry import create_model, parse_name
     from duat.runtime import environment_info, profile as check_profile, seed_everything, select_device
-    from duat.storage import prepare_output_dir
+    from duat.storage import discard_if_empty, prepare_output_dir
     from duat.training.engine import TrainConfig, evaluate, fit
 
     experiment = get_experiment(name)
@@ -289,6 +289,10 @@ def run_experiment(name: str, profile: str = "quick", *, out: str | Path | None 
                 f"test acc {record['test_acc']:.4f}  ({record['wall_time_s']:.1f} s)")
             if bar is not None:
                 bar.update(1)
+    except BaseException:
+        if write:
+            discard_if_empty(out_dir)  # a run that failed early leaves no empty folder behind
+        raise
     finally:
         if bar is not None:
             bar.close()

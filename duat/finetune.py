@@ -535,7 +535,7 @@ def run_experiment(profile: str = "quick", out: str | Path | None = None, overwr
     import torch
 
     from duat.runtime import environment_info
-    from duat.storage import prepare_output_dir
+    from duat.storage import discard_if_empty, prepare_output_dir
 
     spec = make_spec(profile, seeds=tuple(seeds) if seeds is not None else None, **overrides)
     out = default_output_dir(spec.profile) if out is None else out
@@ -553,6 +553,9 @@ def run_experiment(profile: str = "quick", out: str | Path | None = None, overwr
                 print(format_carry_over([r for r in carry if r["dataset"] == dataset]), flush=True)
             runs += run_grid(source, spec, dataset, progress=progress)
         environment = environment_info()                      # with the threads used
+    except BaseException:
+        discard_if_empty(out_dir)  # a run that failed early leaves no empty folder behind
+        raise
     finally:
         torch.set_num_threads(threads)
     summary = summarize(runs)

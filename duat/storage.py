@@ -84,3 +84,12 @@ def prepare_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Path
                               f"or choose another output folder")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def discard_if_empty(path: str | os.PathLike | None) -> None:
+    """Remove a run's output folder that a failed run left empty (never one with files)."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir() and not any(path.iterdir()):
+        path.rmdir()

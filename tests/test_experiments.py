@@ -324,3 +324,19 @@ def test_twin_differences_pair_paraformer_with_the_serial_vit_of_equal_size():
                                                                  ("pf-2-2", "vit-4", 0)]
     assert [r["difference"] for r in rows] == pytest.approx([0.02, -0.02, -0.02])
     assert [r["images"] for r in rows] == [2, -2, -2]   # of 100 test images; pf-1-2 has no vit-2 here
+
+
+def test_a_run_that_fails_leaves_no_empty_folder(tiny, tmp_path, monkeypatch):
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("dataset not available (test)")
+
+    monkeypatch.setattr("duat.data.load_data", unavailable)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="not available"):
+        run_tiny(tiny, out)
+    assert not out.exists()
+    out.mkdir()
+    (out / "keep.txt").write_text("an earlier file")
+    with pytest.raises(RuntimeError):
+        run_tiny(tiny, out, overwrite=True)
+    assert (out / "keep.txt").read_text() == "an earlier file"  # a folder with files stays

@@ -133,3 +133,13 @@ def test_committed_quick_results_are_consistent():
     spec = results["spec"]
     assert len(results["runs"]) == (len(spec["per_class"]) * len(spec["seeds"])
                                     * len(spec["layouts"]) * 2 * len(spec["targets"]))
+
+
+def test_a_run_without_its_source_leaves_no_empty_folder(tmp_path):
+    from duat.finetune import run_experiment
+
+    out = tmp_path / "run"
+    with pytest.raises(Exception, match="nothing.pth"):
+        run_experiment("quick", out=out, progress=False, source=str(tmp_path / "nothing.pth"),
+                       source_arch="vit-4")
+    assert not out.exists()
