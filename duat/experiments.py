@@ -181,19 +181,23 @@ def run_experiment(name: str, profile: str = "quick", *, out: str | Path | None 
                    data_root: str | None = None, download: bool = True,
                    progress: bool = True, write: bool = True,
                    log: Callable[[str], None] | None = print,
-                   limit: Callable[[dict], bool] | None = None) -> dict:
+                   limit: Callable[[dict], bool] | None = None, resume: bool = False) -> dict:
     """Train every run of an experiment and return (and by default write) its results.
 
     seeds / device / threads override the profile's. `limit(run)` may select a slice of
     the runs (a dict with model, variant, seed), e.g. for a notebook's live re-run.
     With write=False nothing is written (out and overwrite are ignored).
+
+    While it runs, the records so far are kept in `<out>/partial.json` after every run, so
+    an interrupted sweep (Ctrl-C, a crash, a closed laptop) loses at most the run in
+    progress; `resume=True` (CLI: --resume) continues it, skipping the runs already done.
     """
     import torch
 
     from duat.data import load_data
     from duat.registry import create_model, parse_name
     from duat.runtime import environment_info, profile as check_profile, seed_everything, select_device
-    from duat.storage import discard_if_empty, prepare_output_dir
+    from duat.storage import atomic_write_json, discard_if_empty, prepare_output_dir
     from duat.training.engine import TrainConfig, evaluate, fit
 
     experiment = get_experiment(name)
@@ -211,10 +215,16 @@ def run_experiment(name: str, profile: str = "quick", *, out: str | Path | None 
             raise ValueError(f"threads must be >= 1, got {threads}")
         plan = replace(plan, threads=threads)
     torch_device = select_device(plan.device)
-    out_dir = None
+    out_dir, done = None, []
     if write:
-        out_dir = prepare_output_dir(Path(out) if out is not None else default_output_dir(name, profile),
-                                     overwrite=overwrite)
+        target = Path(out) if out is not None else default_output_dir(name, profile)
+        done = _resumable_records(target, name, profile, plan) if resume else []
+        if resume and limit is not None:
+            raise ValueError("resume continues a whole sweep; it cannot be combined with limit")
+        if not resume and not overwrite and (target / PARTIAL).is_file():
+            raise FileExistsError(f"{target} holds an interrupted run ({PARTIAL}); continue it "
+                                  f"with --resume (resume=True), or start afresh with --overwrite")
+        out_dir = prepare_output_dir(target, overwrite=overwrite or bool(done))
 
     runs = [{"variant": v, "seed": s, "model": m}
             for v in plan.variants for s in plan.seeds for m in plan.models]
@@ -222,6 +232,9 @@ def run_experiment(name: str, profile: str = "quick", *, out: str | Path | None 
         runs = [r for r in runs if limit(r)]
     if not runs:
         raise ValueError("the selection holds no runs")
+    wanted = {_run_key(r) for r in runs}
+    done = [(k, rec) for k, rec in done if k in wanted]           # (run key, record) pairs
+    done_keys = {k for k, _ in done}
 
     old_threads = torch.get_num_threads()
     if plan.threads is not None:
@@ -234,12 +247,19 @@ def run_experiment(name: str, profile: str = "quick", *, out: str | Path | None 
 
         bar = tqdm(total=len(runs), unit="run", desc=name, dynamic_ncols=True)
     say = (bar.write if bar is not None else log) if log is not None else (lambda s: None)
-    records: list[dict] = []
+    keys: list[str] = [k for k, _ in done]                        # records[i] is run keys[i]
+    records: list[dict] = [rec for _, rec in done]
+    if records:
+        say(f"resuming: {len(records)} of {len(runs)} runs already done")
+        if bar is not None:
+            bar.update(len(records))
     cache: dict[str, Any] = {}
     t_start = time.perf_counter()
     try:
         for i, r in enumerate(runs, 1):
             variant, seed, model_name = r["variant"], r["seed"], r["model"]
+            if _run_key(r) in done_keys:
+                continue
             key = json.dumps([variant, seed])
             if key not in cache:  # one data load per (variant, seed)
                 cache.clear()
@@ -285,13 +305,22 @@ def run_experiment(name: str, profile: str = "quick", *, out: str | Path | None 
                            "data": splits.config},
             }
             records.append(record)
+            keys.append(_run_key(r))
+            if write:  # the sweep so far, safe on disk after every run
+                atomic_write_json(out_dir / PARTIAL, {"experiment": name, "profile": profile,
+                                                      "plan": _plan_json(plan), "keys": keys,
+                                                      "records": records})
             say(f"[{i}/{len(runs)}] {model_name:8s} seed {seed} {_variant_label(variant):22s} "
                 f"test acc {record['test_acc']:.4f}  ({record['wall_time_s']:.1f} s)")
             if bar is not None:
                 bar.update(1)
-    except BaseException:
+    except BaseException as err:
         if write:
             discard_if_empty(out_dir)  # a run that failed early leaves no empty folder behind
+            if records and log is not None:
+                why = "interrupted" if isinstance(err, KeyboardInterrupt) else "stopped by an error"
+                log(f"{name}: {why}; {len(records)} of {len(runs)} runs are kept in "
+                    f"{out_dir / PARTIAL}; continue with --resume (resume=True)")
         raise
     finally:
         if bar is not None:
@@ -308,8 +337,38 @@ def run_experiment(name: str, profile: str = "quick", *, out: str | Path | None 
     }
     if write:
         write_results(results, out_dir)
+        (out_dir / PARTIAL).unlink(missing_ok=True)  # complete: results.json holds it all
         results["out"] = str(out_dir)
     return results
+
+
+PARTIAL = "partial.json"  # an unfinished sweep's records, rewritten after every run
+
+
+def _run_key(r: dict) -> str:
+    return json.dumps([r["model"], r["seed"], r["variant"]], sort_keys=True)
+
+
+def _plan_json(plan: Plan) -> dict:
+    return json.loads(json.dumps({**asdict(plan), "variants": list(plan.variants)}, default=str))
+
+
+def _resumable_records(folder: Path, name: str, profile: str, plan: Plan) -> list[tuple[str, dict]]:
+    """(run key, record) of each run of an unfinished sweep of the same experiment and plan."""
+    if (folder / "results.json").is_file():
+        raise FileExistsError(f"{folder} holds a finished run (results.json): nothing to resume; "
+                              f"pass --overwrite to run it again, or choose another --out")
+    path = folder / PARTIAL
+    if not path.is_file():
+        raise FileNotFoundError(f"nothing to resume: no {PARTIAL} in {folder} (an interrupted "
+                                f"run keeps its records there)")
+    saved = json.loads(path.read_text())
+    if (saved.get("experiment"), saved.get("profile")) != (name, profile) \
+            or saved.get("plan") != _plan_json(plan):
+        raise ValueError(f"{path} is from another experiment, profile or plan "
+                         f"({saved.get('experiment')}, {saved.get('profile')}); resume it with "
+                         f"the same options, or start afresh with --overwrite")
+    return list(zip(saved["keys"], saved["records"]))
 
 
 def _variant_label(variant: dict) -> str:
@@ -551,6 +610,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="the full profile: CIFAR-10, meant for a GPU")
     parser.add_argument("--out", default=None, help="output folder (default results/<experiment>/)")
     parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run in its folder, skipping the runs done")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the seeds")
     parser.add_argument("--device", default=None, help="override the device (quick: cpu)")
     parser.add_argument("--threads", type=int, default=None, help="override torch CPU threads (quick: 1)")
@@ -607,7 +668,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         results = run_experiment(name, profile, out=args.out, overwrite=args.overwrite,
                                  seeds=args.seeds, device=args.device, threads=args.threads,
                                  data_root=args.data_root, download=not args.no_download,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress, resume=args.resume)
         print(f"\n{results['title']} ({profile} profile, {len(results['records'])} runs, "
               f"{results['wall_time_s']:.0f} s on {results['device']})")
         print(format_summary(results))

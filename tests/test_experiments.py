@@ -340,3 +340,47 @@ def test_a_run_that_fails_leaves_no_empty_folder(tiny, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         run_tiny(tiny, out, overwrite=True)
     assert (out / "keep.txt").read_text() == "an earlier file"  # a folder with files stays
+
+
+def test_an_interrupted_sweep_keeps_its_runs_and_resumes_to_the_same_results(tiny, tmp_path,
+                                                                              monkeypatch):
+    from duat.training import engine
+
+    whole = run_tiny(tiny, tmp_path / "whole")                  # 4 runs, uninterrupted
+    real_fit, calls = engine.fit, []
+
+    def fit_then_stop(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt                              # Ctrl-C during the third run
+        return real_fit(*args, **kwargs)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(engine, "fit", fit_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_tiny(tiny, out)
+    saved = json.loads((out / ex.PARTIAL).read_text())
+    assert len(saved["records"]) == 2 and not (out / "results.json").exists()
+    with pytest.raises(FileExistsError, match="--resume"):      # not silently restarted
+        run_tiny(tiny, out)
+
+    calls.clear()
+    monkeypatch.setattr(engine, "fit", lambda *a, **k: (calls.append(1), real_fit(*a, **k))[1])
+    resumed = run_tiny(tiny, out, resume=True)
+    assert len(calls) == 2                                       # only the runs not done
+    assert not (out / ex.PARTIAL).exists()
+    acc = lambda res: [(r["model"], r["seed"], r["test_acc"]) for r in res["records"]]
+    assert acc(resumed) == acc(whole)
+    with pytest.raises(FileExistsError, match="finished run"):
+        run_tiny(tiny, out, resume=True)
+
+
+def test_resume_refuses_another_plan_or_nothing_to_resume(tiny, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        run_tiny(tiny, tmp_path / "empty", resume=True)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ex.PARTIAL).write_text(json.dumps({"experiment": tiny, "profile": "quick",
+                                              "plan": {"seeds": [9]}, "keys": [], "records": []}))
+    with pytest.raises(ValueError, match="another experiment, profile or plan"):
+        run_tiny(tiny, out, resume=True)
