@@ -39,6 +39,7 @@ import argparse
 import copy
 import csv
 import io
+import json
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -152,9 +153,10 @@ def _train_config(spec: FinetuneSpec, epochs: int, lr: float, seed: int, warmup:
                        device=spec.device, checkpoint_every=epochs)
 
 
-def get_source(spec: FinetuneSpec, progress: bool = False):
+def get_source(spec: FinetuneSpec, progress: bool = False, trained: dict | None = None):
     """(the serial source as a ParaFormer in eval mode, the source task's splits or None,
-    a record of what it is)."""
+    a record of what it is). `trained`: a pre-trained source's state dict and record from an
+    interrupted run (the resume path), loaded instead of training again."""
     from duat.runtime import seed_everything
     from duat.training import evaluate, fit
     from duat.transfer import load_source
@@ -176,6 +178,9 @@ def get_source(spec: FinetuneSpec, progress: bool = False):
     model = create_model(spec.source_model, size=spec.source_size, **splits.model_kwargs())
     if model.config.width != 1:
         raise ValueError(f"the source must be a serial ViT ('vit-L'), got {spec.source_model!r}")
+    if trained is not None:
+        model.load_state_dict(trained["state_dict"])
+        return model.cpu().eval(), splits, trained["info"]
     config = _train_config(spec, spec.source_epochs, spec.source_lr, spec.source_seed)
     fit(model, train, None, config, progress=False)
     model.cpu().eval()
@@ -353,19 +358,38 @@ def finetune_run(source, spec: FinetuneSpec, splits, layout: str, init: str, see
 
 # ----------------------------------------------------------------------------- the grid
 
-def run_grid(source, spec: FinetuneSpec, dataset: str, progress: bool = False) -> list[dict]:
-    """Every (samples per class, seed, layout, init) run on one target dataset."""
+def _run_key(dataset: str, k: int, seed: int, layout: str, init: str) -> str:
+    return f"{dataset}|{k}|{seed}|{layout}|{init}"
+
+
+def run_grid(source, spec: FinetuneSpec, dataset: str, progress: bool = False,
+             done: dict[str, dict] | None = None, on_record=None) -> list[dict]:
+    """Every (samples per class, seed, layout, init) run on one target dataset. `done`: records
+    of runs already made (by run key), reused instead of trained; `on_record(key, record)` is
+    called after each new run."""
     from duat.data import load_data
 
+    done = done or {}
     records = []
     for k in spec.per_class:
         for seed in spec.seeds:
+            keys = [_run_key(dataset, k, seed, layout, init)
+                    for layout in spec.layouts for init in INITS]
+            if all(key in done for key in keys):
+                records += [done[key] for key in keys]
+                continue
             splits = load_data(dataset, classes=spec.target_classes, per_class=k, seed=seed,
                                root=spec.data_root, download=spec.download)
             for layout in spec.layouts:
                 for init in INITS:
+                    key = _run_key(dataset, k, seed, layout, init)
+                    if key in done:
+                        records.append(done[key])
+                        continue
                     r = finetune_run(source, spec, splits, layout, init, seed)
                     records.append(r)
+                    if on_record is not None:
+                        on_record(key, r)
                     if progress:
                         probe = f" (head only {r['head_acc']:.3f})" if r["head_acc"] is not None else ""
                         print(f"{dataset} k={k:<3} seed={seed} {layout:<8} {init:<10} "
@@ -526,35 +550,87 @@ def default_output_dir(profile: str) -> Path:
     return experiment_dir(EXPERIMENT, profile)
 
 
+PARTIAL = "partial.json"      # an unfinished run's records, rewritten after every run
+PARTIAL_SOURCE = "partial_source.pt"  # its pre-trained source, so a resume uses the same one
+
+
+def _load_partial(out_dir: Path, spec: FinetuneSpec):
+    """(records by run key, carry-over rows, the saved source or None) of an interrupted run."""
+    import torch
+
+    if (out_dir / "results.json").is_file():
+        raise FileExistsError(f"{out_dir} holds a finished run (results.json): nothing to resume; "
+                              f"pass --overwrite to run it again, or choose another --out")
+    path = out_dir / PARTIAL
+    if not path.is_file():
+        raise FileNotFoundError(f"nothing to resume: no {PARTIAL} in {out_dir}")
+    saved = json.loads(path.read_text())
+    if saved.get("spec") != json.loads(json.dumps(asdict(spec), default=str)):
+        raise ValueError(f"{path} is from a run with other settings; resume it with the same "
+                         f"options, or start afresh with --overwrite")
+    trained = None
+    if (out_dir / PARTIAL_SOURCE).is_file():
+        trained = torch.load(out_dir / PARTIAL_SOURCE, map_location="cpu", weights_only=False)
+    return saved["done"], saved["carry_over"], trained
+
+
 def run_experiment(profile: str = "quick", out: str | Path | None = None, overwrite: bool = False,
-                   seeds=None, progress: bool = True, **overrides) -> dict:
+                   seeds=None, progress: bool = True, resume: bool = False, **overrides) -> dict:
     """Run the experiment and write results.json, results.csv (the summary), runs.csv (every
     run), finetune_curves.png and carry_over.png into `out` (default: results/finetune/ for
     the quick profile, results/finetune-full/ for the full one; an earlier run's folder is
-    refused unless overwrite=True). `overrides`: any FinetuneSpec field. Returns the results."""
+    refused unless overwrite=True). `overrides`: any FinetuneSpec field. Returns the results.
+
+    The runs made so far are kept in `<out>/partial.json` after every run (and a pre-trained
+    source in partial_source.pt); `resume=True` (CLI: --resume) continues an interrupted run."""
     import torch
 
     from duat.runtime import environment_info
-    from duat.storage import discard_if_empty, prepare_output_dir
+    from duat.storage import (atomic_torch_save, atomic_write_json, discard_if_empty,
+                              prepare_output_dir)
 
     spec = make_spec(profile, seeds=tuple(seeds) if seeds is not None else None, **overrides)
-    out = default_output_dir(spec.profile) if out is None else out
-    out_dir = prepare_output_dir(out, overwrite=overwrite)      # refuse early, before any work
+    out = Path(default_output_dir(spec.profile) if out is None else out)
+    done, saved_carry, trained = _load_partial(out, spec) if resume else ({}, None, None)
+    if not resume and not overwrite and (out / PARTIAL).is_file():
+        raise FileExistsError(f"{out} holds an interrupted run ({PARTIAL}); continue it with "
+                              f"--resume (resume=True), or start afresh with --overwrite")
+    out_dir = prepare_output_dir(out, overwrite=overwrite or resume)  # refuse early, before any work
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
     if spec.threads:
         torch.set_num_threads(spec.threads)
+    spec_json = json.loads(json.dumps(asdict(spec), default=str))
     try:
-        source, source_splits, source_info = get_source(spec, progress=progress)
-        carry, runs = [], []
+        source, source_splits, source_info = get_source(spec, progress=progress, trained=trained)
+        if source_info["kind"] == "pretrain" and trained is None:  # the same source on resume
+            atomic_torch_save({"state_dict": source.state_dict(), "info": source_info},
+                              out_dir / PARTIAL_SOURCE)
+        if saved_carry is not None:
+            carry = saved_carry
+        else:
+            carry = [row for dataset in spec.targets
+                     for row in carry_over(source, spec, dataset, source_splits)]
+
+        def keep(key, record):  # after every run: the run so far, safe on disk
+            done[key] = record
+            atomic_write_json(out_dir / PARTIAL, {"spec": spec_json, "carry_over": carry,
+                                                  "done": done})
+
+        if done and progress:
+            print(f"resuming: {len(done)} runs already done", flush=True)
+        runs = []
         for dataset in spec.targets:
-            carry += carry_over(source, spec, dataset, source_splits)
             if progress:
                 print(format_carry_over([r for r in carry if r["dataset"] == dataset]), flush=True)
-            runs += run_grid(source, spec, dataset, progress=progress)
+            runs += run_grid(source, spec, dataset, progress=progress, done=done, on_record=keep)
         environment = environment_info()                      # with the threads used
-    except BaseException:
+    except BaseException as err:
         discard_if_empty(out_dir)  # a run that failed early leaves no empty folder behind
+        if done and progress:
+            why = "interrupted" if isinstance(err, KeyboardInterrupt) else "stopped by an error"
+            print(f"finetune: {why}; {len(done)} runs are kept in {out_dir / PARTIAL}; "
+                  f"continue with --resume (resume=True)", file=sys.stderr, flush=True)
         raise
     finally:
         torch.set_num_threads(threads)
@@ -563,6 +639,8 @@ def run_experiment(profile: str = "quick", out: str | Path | None = None, overwr
                "source": source_info, "carry_over": carry, "summary": summary, "runs": runs,
                "wall_time_s": time.perf_counter() - t0, "environment": environment}
     write_results(results, out_dir)
+    for name in (PARTIAL, PARTIAL_SOURCE):  # complete: results.json holds it all
+        (out_dir / name).unlink(missing_ok=True)
     if progress:
         print(format_table(summary))
         print(f"wrote {out_dir} in {results['wall_time_s']:.0f} s", flush=True)
@@ -596,7 +674,6 @@ def _csv(rows: list[dict]) -> str:
 def load_results(path: str | Path | None = None) -> dict:
     """results.json of an earlier run (a folder or the file itself; default: the committed
     quick-profile results, results/finetune/)."""
-    import json
 
     path = default_output_dir("quick") if path is None else Path(path)
     if path.is_dir():
@@ -644,13 +721,14 @@ def run(args: argparse.Namespace) -> int:
         results = run_experiment(
             chosen, out=getattr(args, "out", None), overwrite=getattr(args, "overwrite", False),
             seeds=getattr(args, "seeds", None), progress=not getattr(args, "no_progress", False),
+            resume=getattr(args, "resume", False),
             source=getattr(args, "weights", None), source_arch=getattr(args, "arch", None),
             targets=getattr(args, "datasets", None), per_class=getattr(args, "per_class", None),
             layouts=getattr(args, "layouts", None), select=getattr(args, "select", None),
             device=getattr(args, "device", None), threads=getattr(args, "threads", None),
             data_root=getattr(args, "data_root", None),
             download=False if getattr(args, "no_download", False) else None)
-    except (FileExistsError, WeightsUnavailableError, DatasetUnavailableError, ValueError,
+    except (FileExistsError, FileNotFoundError, WeightsUnavailableError, DatasetUnavailableError, ValueError,
             TypeError) as err:
         print(f"duat reproduce finetune: error: {err}", file=sys.stderr)
         return 2

@@ -143,3 +143,39 @@ def test_a_run_without_its_source_leaves_no_empty_folder(tmp_path):
         run_experiment("quick", out=out, progress=False, source=str(tmp_path / "nothing.pth"),
                        source_arch="vit-4")
     assert not out.exists()
+
+
+def test_an_interrupted_run_resumes_with_the_same_source_and_results(tiny_results, tmp_path,
+                                                                     monkeypatch):
+    import duat.finetune as ft
+
+    _, whole = tiny_results
+    real_run, calls = ft.finetune_run, []
+
+    def run_then_stop(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt                       # Ctrl-C during the fourth run
+        return real_run(*args, **kwargs)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(ft, "finetune_run", run_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment("quick", out=out, progress=False, **TINY)
+    assert len(json.loads((out / ft.PARTIAL).read_text())["done"]) == 3
+    assert (out / ft.PARTIAL_SOURCE).is_file() and not (out / "results.json").exists()
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_experiment("quick", out=out, progress=False, **TINY)
+    with pytest.raises(ValueError, match="other settings"):
+        run_experiment("quick", out=out, progress=False, resume=True, **{**TINY, "lr": 1e-4})
+
+    calls.clear()
+    monkeypatch.setattr(ft, "finetune_run", lambda *a, **k: (calls.append(1), real_run(*a, **k))[1])
+    resumed = run_experiment("quick", out=out, progress=False, resume=True, **TINY)
+    assert len(calls) == len(whole["runs"]) - 3           # only the runs not done
+    assert not (out / ft.PARTIAL).exists() and not (out / ft.PARTIAL_SOURCE).exists()
+    key = lambda r: (r["layout"], r["per_class"], r["seed"], r["init"], r["test_acc"])
+    assert sorted(map(key, resumed["runs"])) == sorted(map(key, whole["runs"]))
+    assert resumed["source"]["test_acc"] == whole["source"]["test_acc"]
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        run_experiment("quick", out=tmp_path / "none", progress=False, resume=True, **TINY)
