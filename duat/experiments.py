@@ -453,7 +453,9 @@ def load_results(name_or_path: str | Path) -> dict:
     elif path.is_dir():
         path = path / "results.json"
     if not path.is_file():
-        raise FileNotFoundError(f"no results at {path}; run `duat reproduce {path.parent.name} --quick`")
+        hint = (f"run `duat reproduce {name_or_path} --quick` first" if str(name_or_path) in EXPERIMENTS
+                else f"give a results.json, its folder, or an experiment's name ({', '.join(EXPERIMENTS)})")
+        raise FileNotFoundError(f"no results at {path}: {hint}")
     return json.loads(path.read_text())
 
 

@@ -116,6 +116,12 @@ class FinetuneSpec:
 
         for name in self.layouts:
             parse_name(name)
+        if self.source == "pretrain":  # its depth is known now: refuse a misfit before training
+            from duat.transfer import plan
+
+            L, width = parse_name(self.source_model)
+            for name in self.layouts:
+                plan(L * width, *parse_name(name), self.assignment, select=self.select)
 
 
 PROFILES: dict[str, dict] = {

@@ -179,3 +179,12 @@ def test_an_interrupted_run_resumes_with_the_same_source_and_results(tiny_result
     assert resumed["source"]["test_acc"] == whole["source"]["test_acc"]
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         run_experiment("quick", out=tmp_path / "none", progress=False, resume=True, **TINY)
+
+
+def test_a_layout_that_does_not_fit_the_source_is_refused_before_training(tmp_path):
+    from duat.finetune import run_experiment
+
+    with pytest.raises(ValueError, match=r"m\*n = 9 blocks but the source has L = 4"):
+        run_experiment("quick", out=tmp_path / "run", progress=False, layouts=("pf-3-3",))
+    assert not (tmp_path / "run").exists()
+    assert make_spec("quick", layouts=("pf-1-2",), select="last").layouts == ("pf-1-2",)
