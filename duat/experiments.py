@@ -197,7 +197,7 @@ def run_experiment(name: str, profile: str = "quick", *, out: str | Path | None 
     from duat.data import load_data
     from duat.registry import create_model, parse_name
     from duat.runtime import environment_info, profile as check_profile, seed_everything, select_device
-    from duat.storage import atomic_write_json, discard_if_empty, prepare_output_dir
+    from duat.storage import atomic_write_json, prepare_output_dir
     from duat.training.engine import TrainConfig, evaluate, fit
 
     experiment = get_experiment(name)
@@ -316,7 +316,6 @@ def run_experiment(name: str, profile: str = "quick", *, out: str | Path | None 
                 bar.update(1)
     except BaseException as err:
         if write:
-            discard_if_empty(out_dir)  # a run that failed early leaves no empty folder behind
             if records and log is not None:
                 why = "interrupted" if isinstance(err, KeyboardInterrupt) else "stopped by an error"
                 log(f"{name}: {why}; {len(records)} of {len(runs)} runs are kept in "

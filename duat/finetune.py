@@ -113,15 +113,13 @@ class FinetuneSpec:
             if not isinstance(s, int) or isinstance(s, bool) or s < 0:
                 raise ValueError(f"seeds must be non-negative ints, got {self.seeds!r}")
         from duat.registry import parse_name
+        from duat.transfer import plan
 
+        L = parse_name(self.source_model)[0]  # a serial ViT-L (checked when it is built)
         for name in self.layouts:
-            parse_name(name)
-        if self.source == "pretrain":  # its depth is known now: refuse a misfit before training
-            from duat.transfer import plan
-
-            L, width = parse_name(self.source_model)
-            for name in self.layouts:
-                plan(L * width, *parse_name(name), self.assignment, select=self.select)
+            m, n = parse_name(name)
+            if self.source == "pretrain":  # its depth is known: refuse a misfit before training
+                plan(L, m, n, self.assignment, select=self.select)
 
 
 PROFILES: dict[str, dict] = {
@@ -242,8 +240,7 @@ def _pooled_and_logits(model, loader):
     return torch.cat(feats), torch.cat(logits)
 
 
-def carry_over(source, spec: FinetuneSpec, dataset: str, source_splits=None,
-               target_test=None) -> list[dict]:
+def carry_over(source, spec: FinetuneSpec, dataset: str, source_splits=None) -> list[dict]:
     """Before any fine-tuning: every layout (and both assignments where they differ) filled
     with the source's blocks, the source head kept. Per row: source-task accuracy (if the
     source task is at hand), agreement of predictions with the serial source and cosine
@@ -257,15 +254,14 @@ def carry_over(source, spec: FinetuneSpec, dataset: str, source_splits=None,
     from duat.data import load_data
     from duat.paraformer import ParaFormer
     from duat.registry import parse_name
-    from duat.runtime import seed_everything
+    from duat.runtime import seed_everything, select_device
     from duat.training import evaluate, fit
     from duat.transfer import plan, steps_to_epochs, transfer
 
     size, data_size, channels = _target_shape(spec, source, dataset)
-    device = _device(spec)
-    if target_test is None:
-        target_test = load_data(dataset, classes=spec.target_classes, seed=0, root=spec.data_root,
-                                download=spec.download).loaders(batch_size=256)[2]
+    device = select_device(spec.device)
+    target_test = load_data(dataset, classes=spec.target_classes, seed=0, root=spec.data_root,
+                            download=spec.download).loaders(batch_size=256)[2]
     L = source.config.layers
     serial = transfer(source, image_size=size, in_channels=channels).to(device).eval()
     ref_feats, ref_logits = _pooled_and_logits(_wrap(serial, size, data_size), target_test)
@@ -308,12 +304,6 @@ def carry_over(source, spec: FinetuneSpec, dataset: str, source_splits=None,
     return rows
 
 
-def _device(spec: FinetuneSpec):
-    from duat.runtime import select_device
-
-    return select_device(spec.device)
-
-
 # ----------------------------------------------------------------------------- one run
 
 def finetune_run(source, spec: FinetuneSpec, splits, layout: str, init: str, seed: int) -> dict:
@@ -321,7 +311,7 @@ def finetune_run(source, spec: FinetuneSpec, splits, layout: str, init: str, see
     from duat.registry import parse_name
     from duat.runtime import seed_everything
     from duat.training import evaluate, fit
-    from duat.transfer import fine_tune, steps_to_epochs, train_head, transfer, unfreeze
+    from duat.transfer import fine_tune, steps_to_epochs, train_head, transfer
     from duat.paraformer import ParaFormer
 
     if init not in INITS:
@@ -353,7 +343,6 @@ def finetune_run(source, spec: FinetuneSpec, splits, layout: str, init: str, see
     else:
         epochs = body_epochs + head_epochs
         steps = fit(model, train, None, _train_config(spec, epochs, spec.lr, seed), progress=False).step
-    unfreeze(model)
     test_eval = evaluate(model, test)
     return {"dataset": splits.info.name, "layout": layout, "depth": m, "width": n,
             "per_class": splits.config["per_class"], "train_size": len(splits.train),
@@ -592,8 +581,7 @@ def run_experiment(profile: str = "quick", out: str | Path | None = None, overwr
     import torch
 
     from duat.runtime import environment_info
-    from duat.storage import (atomic_torch_save, atomic_write_json, discard_if_empty,
-                              prepare_output_dir)
+    from duat.storage import atomic_torch_save, atomic_write_json, prepare_output_dir
 
     spec = make_spec(profile, seeds=tuple(seeds) if seeds is not None else None, **overrides)
     out = Path(default_output_dir(spec.profile) if out is None else out)
@@ -632,7 +620,6 @@ def run_experiment(profile: str = "quick", out: str | Path | None = None, overwr
             runs += run_grid(source, spec, dataset, progress=progress, done=done, on_record=keep)
         environment = environment_info()                      # with the threads used
     except BaseException as err:
-        discard_if_empty(out_dir)  # a run that failed early leaves no empty folder behind
         if done and progress:
             why = "interrupted" if isinstance(err, KeyboardInterrupt) else "stopped by an error"
             print(f"finetune: {why}; {len(done)} runs are kept in {out_dir / PARTIAL}; "
@@ -659,13 +646,13 @@ def write_results(results: dict, out_dir: str | Path) -> None:
     from duat.storage import atomic_savefig, atomic_write_json, atomic_write_text
 
     out_dir = Path(out_dir)
-    atomic_write_json(out_dir / "results.json", results)
     atomic_write_text(out_dir / "results.csv", _csv(results["summary"]))
     atomic_write_text(out_dir / "runs.csv", _csv(results["runs"]))
     for name, plot in (("finetune_curves.png", plot_curves), ("carry_over.png", plot_carry_over)):
         fig = plot(results)
         atomic_savefig(fig, out_dir / name, dpi=120)
         plt.close(fig)
+    atomic_write_json(out_dir / "results.json", results)  # last: its presence marks a whole run
 
 
 def _csv(rows: list[dict]) -> str:

@@ -69,11 +69,13 @@ def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> Path:
 
 
 def prepare_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Create `path` for a new run's outputs.
+    """Check that `path` may receive a new run's outputs, and return it.
 
     A folder that already holds files belongs to an earlier run: refuse with
     FileExistsError unless `overwrite` is True (then files are replaced one by one, each
-    atomically, as the new run writes them).
+    atomically, as the new run writes them). Nothing is created here: the folder appears
+    with the run's first file (every writer above makes its parent), so a run that fails
+    before writing anything leaves nothing behind.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -82,14 +84,5 @@ def prepare_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Path
         raise FileExistsError(f"{path} already holds the results of an earlier run; "
                               f"pass overwrite=True (CLI: --overwrite) to replace them, "
                               f"or choose another output folder")
-    path.mkdir(parents=True, exist_ok=True)
     return path
 
-
-def discard_if_empty(path: str | os.PathLike | None) -> None:
-    """Remove a run's output folder that a failed run left empty (never one with files)."""
-    if path is None:
-        return
-    path = Path(path)
-    if path.is_dir() and not any(path.iterdir()):
-        path.rmdir()

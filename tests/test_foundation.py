@@ -125,6 +125,8 @@ def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch):
 
 def test_prepare_output_dir_never_overwrites_silently(tmp_path):
     out = storage.prepare_output_dir(tmp_path / "run")
+    assert not out.exists()  # checked, not created: a run that fails early leaves nothing
+    out.mkdir()
     (out / "results.json").write_text("{}")
     with pytest.raises(FileExistsError, match="--overwrite"):
         storage.prepare_output_dir(out)

@@ -115,8 +115,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         results = run_benchmark(spec, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     except (ValueError, RuntimeError) as err:  # e.g. only timm asked for, and timm missing
-        if folder is not None and not any(folder.iterdir()):
-            folder.rmdir()  # the folder made for this run stays empty: leave nothing behind
         print(f"duat bench: error: {err}", file=sys.stderr)
         return 2
     results["preset"] = preset

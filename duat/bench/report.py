@@ -13,11 +13,11 @@ import io
 import json
 from pathlib import Path
 
+from duat.bench.harness import IMPLEMENTATIONS, VARIANTS
 from duat.storage import atomic_savefig, atomic_write_json, atomic_write_text
 
 RESULT_FILES = ("results.json", "results.csv", "latency_vs_layers.png")
-ORDER = ("vit", "pf-batched", "pf-reference", "timm-parallel")
-VARIANTS = ("eager", "graph", "compile")  # as in duat.bench.harness (kept import-free)
+ORDER = tuple(IMPLEMENTATIONS)  # table and plot order
 
 
 def _sort_key(r: dict):

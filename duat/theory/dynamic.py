@@ -19,7 +19,7 @@ import time
 import torch
 from torch import nn
 
-from duat.theory.uat import ACTIVATIONS, UAT, count_parameters, fit_adam, get_target, make_data
+from duat.theory.uat import UAT, count_parameters, errors, fit_adam, get_target, make_data
 
 DYNAMIC = ("alpha", "theta")
 
@@ -57,7 +57,7 @@ class DynamicUAT(nn.Module):
         if x.ndim != 2 or x.shape[1] != self.in_dim:
             raise ValueError(f"DynamicUAT expects x of shape (B, {self.in_dim}), got {tuple(x.shape)}")
         p = self.parameters_at(x)
-        hidden = ACTIVATIONS[self.base.activation](x @ self.base.w.T + p["theta"])  # (B, N)
+        hidden = self.base.sigma(x @ self.base.w.T + p["theta"])  # (B, N)
         return (hidden * p["alpha"]).sum(dim=1)  # (B,)
 
 
@@ -66,13 +66,12 @@ def matched_static_width(dynamic: DynamicUAT) -> int:
     return max(1, round(count_parameters(dynamic) / (dynamic.in_dim + 2)))
 
 
-def _fit_and_score(model, data, steps, lr, seed):
+def _fit_and_score(model, data, steps, lr):
     x_tr, y_tr, x_te, y_te = data
-    torch.manual_seed(seed)
     start = time.perf_counter()
-    losses = fit_adam(model, x_tr, y_tr, steps=steps, lr=lr)
+    losses = fit_adam(model, x_tr, y_tr, steps=steps, lr=lr)  # full batch: no randomness here
     with torch.no_grad():
-        test = (model(x_te) - y_te).pow(2).mean().sqrt().item()
+        test = errors(model, x_te, y_te)["rmse"]
     return {"train_rmse": losses[-1] ** 0.5, "test_rmse": test, "seconds": time.perf_counter() - start}
 
 
@@ -98,7 +97,7 @@ def static_vs_dynamic(targets=("smooth1d", "kinked1d", "oscillating1d", "smooth2
                 units = model.N
                 records.append({"target": name, "model": label, "seed": seed, "units": units,
                                 "params": count_parameters(model),
-                                **_fit_and_score(model, data, steps, lr, seed)})
+                                **_fit_and_score(model, data, steps, lr)})
     return records
 
 

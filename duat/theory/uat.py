@@ -17,6 +17,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from duat.counting import count_parameters  # noqa: F401  (re-exported: UAT parameter counts)
+
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "sigmoid": torch.sigmoid,
     "tanh": torch.tanh,
@@ -75,10 +77,6 @@ class UAT(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_dim={self.in_dim}, N={self.N}, activation={self.activation!r}"
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 # ----------------------------------------------------------------------------- targets
