@@ -42,6 +42,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from duat.storage import PARTIAL  # an unfinished sweep's records (see --resume)
+
 RESULTS_ENV = "DUAT_RESULTS"
 
 
@@ -197,7 +199,7 @@ def run_experiment(name: str, profile: str = "quick", *, out: str | Path | None 
     from duat.data import load_data
     from duat.registry import create_model, parse_name
     from duat.runtime import environment_info, profile as check_profile, seed_everything, select_device
-    from duat.storage import atomic_write_json, prepare_output_dir
+    from duat.storage import finish_partial, open_run_dir, save_partial
     from duat.training.engine import TrainConfig, evaluate, fit
 
     experiment = get_experiment(name)
@@ -215,16 +217,14 @@ def run_experiment(name: str, profile: str = "quick", *, out: str | Path | None 
             raise ValueError(f"threads must be >= 1, got {threads}")
         plan = replace(plan, threads=threads)
     torch_device = select_device(plan.device)
-    out_dir, done = None, []
+    out_dir, done = None, {}
+    identity = {"experiment": name, "profile": profile, "plan": {**asdict(plan), "variants": list(plan.variants)}}
     if write:
-        target = Path(out) if out is not None else default_output_dir(name, profile)
-        done = _resumable_records(target, name, profile, plan) if resume else []
         if resume and limit is not None:
             raise ValueError("resume continues a whole sweep; it cannot be combined with limit")
-        if not resume and not overwrite and (target / PARTIAL).is_file():
-            raise FileExistsError(f"{target} holds an interrupted run ({PARTIAL}); continue it "
-                                  f"with --resume (resume=True), or start afresh with --overwrite")
-        out_dir = prepare_output_dir(target, overwrite=overwrite or bool(done))
+        out_dir, saved = open_run_dir(Path(out) if out is not None else default_output_dir(name, profile),
+                                      identity, overwrite=overwrite, resume=resume)
+        done = saved["done"] if saved else {}          # run key -> record
 
     runs = [{"variant": v, "seed": s, "model": m}
             for v in plan.variants for s in plan.seeds for m in plan.models]
@@ -232,9 +232,6 @@ def run_experiment(name: str, profile: str = "quick", *, out: str | Path | None 
         runs = [r for r in runs if limit(r)]
     if not runs:
         raise ValueError("the selection holds no runs")
-    wanted = {_run_key(r) for r in runs}
-    done = [(k, rec) for k, rec in done if k in wanted]           # (run key, record) pairs
-    done_keys = {k for k, _ in done}
 
     old_threads = torch.get_num_threads()
     if plan.threads is not None:
@@ -247,8 +244,7 @@ def run_experiment(name: str, profile: str = "quick", *, out: str | Path | None 
 
         bar = tqdm(total=len(runs), unit="run", desc=name, dynamic_ncols=True)
     say = (bar.write if bar is not None else log) if log is not None else (lambda s: None)
-    keys: list[str] = [k for k, _ in done]                        # records[i] is run keys[i]
-    records: list[dict] = [rec for _, rec in done]
+    records: list[dict] = list(done.values())
     if records:
         say(f"resuming: {len(records)} of {len(runs)} runs already done")
         if bar is not None:
@@ -258,7 +254,7 @@ def run_experiment(name: str, profile: str = "quick", *, out: str | Path | None 
     try:
         for i, r in enumerate(runs, 1):
             variant, seed, model_name = r["variant"], r["seed"], r["model"]
-            if _run_key(r) in done_keys:
+            if _run_key(r) in done:
                 continue
             key = json.dumps([variant, seed])
             if key not in cache:  # one data load per (variant, seed)
@@ -305,11 +301,9 @@ def run_experiment(name: str, profile: str = "quick", *, out: str | Path | None 
                            "data": splits.config},
             }
             records.append(record)
-            keys.append(_run_key(r))
             if write:  # the sweep so far, safe on disk after every run
-                atomic_write_json(out_dir / PARTIAL, {"experiment": name, "profile": profile,
-                                                      "plan": _plan_json(plan), "keys": keys,
-                                                      "records": records})
+                done[_run_key(r)] = record
+                save_partial(out_dir, identity, done=done)
             say(f"[{i}/{len(runs)}] {model_name:8s} seed {seed} {_variant_label(variant):22s} "
                 f"test acc {record['test_acc']:.4f}  ({record['wall_time_s']:.1f} s)")
             if bar is not None:
@@ -336,38 +330,13 @@ def run_experiment(name: str, profile: str = "quick", *, out: str | Path | None 
     }
     if write:
         write_results(results, out_dir)
-        (out_dir / PARTIAL).unlink(missing_ok=True)  # complete: results.json holds it all
+        finish_partial(out_dir)  # complete: results.json holds it all
         results["out"] = str(out_dir)
     return results
 
 
-PARTIAL = "partial.json"  # an unfinished sweep's records, rewritten after every run
-
-
 def _run_key(r: dict) -> str:
     return json.dumps([r["model"], r["seed"], r["variant"]], sort_keys=True)
-
-
-def _plan_json(plan: Plan) -> dict:
-    return json.loads(json.dumps({**asdict(plan), "variants": list(plan.variants)}, default=str))
-
-
-def _resumable_records(folder: Path, name: str, profile: str, plan: Plan) -> list[tuple[str, dict]]:
-    """(run key, record) of each run of an unfinished sweep of the same experiment and plan."""
-    if (folder / "results.json").is_file():
-        raise FileExistsError(f"{folder} holds a finished run (results.json): nothing to resume; "
-                              f"pass --overwrite to run it again, or choose another --out")
-    path = folder / PARTIAL
-    if not path.is_file():
-        raise FileNotFoundError(f"nothing to resume: no {PARTIAL} in {folder} (an interrupted "
-                                f"run keeps its records there)")
-    saved = json.loads(path.read_text())
-    if (saved.get("experiment"), saved.get("profile")) != (name, profile) \
-            or saved.get("plan") != _plan_json(plan):
-        raise ValueError(f"{path} is from another experiment, profile or plan "
-                         f"({saved.get('experiment')}, {saved.get('profile')}); resume it with "
-                         f"the same options, or start afresh with --overwrite")
-    return list(zip(saved["keys"], saved["records"]))
 
 
 def _variant_label(variant: dict) -> str:

@@ -48,6 +48,8 @@ from typing import Sequence
 
 import numpy as np
 
+from duat.storage import PARTIAL  # an unfinished run's records (see --resume)
+
 EXPERIMENT = "finetune"
 INITS = ("pretrained", "scratch")
 
@@ -545,28 +547,7 @@ def default_output_dir(profile: str) -> Path:
     return experiment_dir(EXPERIMENT, profile)
 
 
-PARTIAL = "partial.json"      # an unfinished run's records, rewritten after every run
-PARTIAL_SOURCE = "partial_source.pt"  # its pre-trained source, so a resume uses the same one
-
-
-def _load_partial(out_dir: Path, spec: FinetuneSpec):
-    """(records by run key, carry-over rows, the saved source or None) of an interrupted run."""
-    import torch
-
-    if (out_dir / "results.json").is_file():
-        raise FileExistsError(f"{out_dir} holds a finished run (results.json): nothing to resume; "
-                              f"pass --overwrite to run it again, or choose another --out")
-    path = out_dir / PARTIAL
-    if not path.is_file():
-        raise FileNotFoundError(f"nothing to resume: no {PARTIAL} in {out_dir}")
-    saved = json.loads(path.read_text())
-    if saved.get("spec") != json.loads(json.dumps(asdict(spec), default=str)):
-        raise ValueError(f"{path} is from a run with other settings; resume it with the same "
-                         f"options, or start afresh with --overwrite")
-    trained = None
-    if (out_dir / PARTIAL_SOURCE).is_file():
-        trained = torch.load(out_dir / PARTIAL_SOURCE, map_location="cpu", weights_only=False)
-    return saved["done"], saved["carry_over"], trained
+PARTIAL_SOURCE = "partial_source.pt"  # an unfinished run's pre-trained source: a resume reuses it
 
 
 def run_experiment(profile: str = "quick", out: str | Path | None = None, overwrite: bool = False,
@@ -581,20 +562,21 @@ def run_experiment(profile: str = "quick", out: str | Path | None = None, overwr
     import torch
 
     from duat.runtime import environment_info
-    from duat.storage import atomic_torch_save, atomic_write_json, prepare_output_dir
+    from duat.storage import atomic_torch_save, finish_partial, open_run_dir, save_partial
 
     spec = make_spec(profile, seeds=tuple(seeds) if seeds is not None else None, **overrides)
-    out = Path(default_output_dir(spec.profile) if out is None else out)
-    done, saved_carry, trained = _load_partial(out, spec) if resume else ({}, None, None)
-    if not resume and not overwrite and (out / PARTIAL).is_file():
-        raise FileExistsError(f"{out} holds an interrupted run ({PARTIAL}); continue it with "
-                              f"--resume (resume=True), or start afresh with --overwrite")
-    out_dir = prepare_output_dir(out, overwrite=overwrite or resume)  # refuse early, before any work
+    identity = {"experiment": EXPERIMENT, "spec": asdict(spec)}
+    out_dir, saved = open_run_dir(default_output_dir(spec.profile) if out is None else out,
+                                  identity, overwrite=overwrite, resume=resume)  # before any work
+    done, saved_carry, trained = {}, None, None     # done: run key -> record
+    if saved is not None:
+        done, saved_carry = saved["done"], saved["carry_over"]
+        if (out_dir / PARTIAL_SOURCE).is_file():
+            trained = torch.load(out_dir / PARTIAL_SOURCE, map_location="cpu", weights_only=False)
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
     if spec.threads:
         torch.set_num_threads(spec.threads)
-    spec_json = json.loads(json.dumps(asdict(spec), default=str))
     try:
         source, source_splits, source_info = get_source(spec, progress=progress, trained=trained)
         if source_info["kind"] == "pretrain" and trained is None:  # the same source on resume
@@ -608,8 +590,7 @@ def run_experiment(profile: str = "quick", out: str | Path | None = None, overwr
 
         def keep(key, record):  # after every run: the run so far, safe on disk
             done[key] = record
-            atomic_write_json(out_dir / PARTIAL, {"spec": spec_json, "carry_over": carry,
-                                                  "done": done})
+            save_partial(out_dir, identity, carry_over=carry, done=done)
 
         if done and progress:
             print(f"resuming: {len(done)} runs already done", flush=True)
@@ -632,8 +613,7 @@ def run_experiment(profile: str = "quick", out: str | Path | None = None, overwr
                "source": source_info, "carry_over": carry, "summary": summary, "runs": runs,
                "wall_time_s": time.perf_counter() - t0, "environment": environment}
     write_results(results, out_dir)
-    for name in (PARTIAL, PARTIAL_SOURCE):  # complete: results.json holds it all
-        (out_dir / name).unlink(missing_ok=True)
+    finish_partial(out_dir, PARTIAL_SOURCE)  # complete: results.json holds it all
     if progress:
         print(format_table(summary))
         print(f"wrote {out_dir} in {results['wall_time_s']:.0f} s", flush=True)

@@ -86,3 +86,50 @@ def prepare_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Path
                               f"or choose another output folder")
     return path
 
+
+
+# ----------------------------------------------------------------------------- resumable runs
+# A long run (a sweep of many trainings) keeps what it has done in PARTIAL, rewritten
+# atomically after every step, next to an `identity` (the run's settings); results.json,
+# written last, marks a finished run. `open_run_dir` makes the refusals in one place.
+
+PARTIAL = "partial.json"
+
+
+def open_run_dir(path: str | os.PathLike, identity: dict, overwrite: bool = False,
+                 resume: bool = False) -> tuple[Path, dict | None]:
+    """(the output folder, the saved state of the interrupted run to continue, or None).
+
+    resume=True needs an interrupted run with the same identity; resume=False refuses a
+    folder holding an interrupted run (say --resume or --overwrite) or an earlier run's files.
+    """
+    path = Path(path)
+    partial = path / PARTIAL
+    if not resume:
+        if partial.is_file() and not overwrite:
+            raise FileExistsError(f"{path} holds an interrupted run ({PARTIAL}); continue it with "
+                                  f"--resume (resume=True), or start afresh with --overwrite")
+        return prepare_output_dir(path, overwrite=overwrite), None
+    if (path / "results.json").is_file():
+        raise FileExistsError(f"{path} holds a finished run (results.json): nothing to resume; "
+                              f"pass --overwrite to run it again, or choose another --out")
+    if not partial.is_file():
+        raise FileNotFoundError(f"nothing to resume: no {PARTIAL} in {path} (an interrupted run "
+                                f"keeps what it has done there)")
+    saved = json.loads(partial.read_text())
+    if saved.get("identity") != json.loads(json.dumps(identity, default=str)):
+        raise ValueError(f"{partial} is from a run with other settings (another experiment, "
+                         f"profile or plan); resume it with the same options, or start afresh "
+                         f"with --overwrite")
+    return path, saved
+
+
+def save_partial(path: str | os.PathLike, identity: dict, **state: Any) -> Path:
+    """Keep an unfinished run's state (JSON-able) in `path`/PARTIAL, atomically."""
+    return atomic_write_json(Path(path) / PARTIAL, {"identity": identity, **state})
+
+
+def finish_partial(path: str | os.PathLike, *extra: str) -> None:
+    """A run is complete (its results.json written): drop PARTIAL and `extra` files."""
+    for name in (PARTIAL, *extra):
+        (Path(path) / name).unlink(missing_ok=True)

@@ -360,7 +360,7 @@ def test_an_interrupted_sweep_keeps_its_runs_and_resumes_to_the_same_results(tin
     with pytest.raises(KeyboardInterrupt):
         run_tiny(tiny, out)
     saved = json.loads((out / ex.PARTIAL).read_text())
-    assert len(saved["records"]) == 2 and not (out / "results.json").exists()
+    assert len(saved["done"]) == 2 and not (out / "results.json").exists()
     with pytest.raises(FileExistsError, match="--resume"):      # not silently restarted
         run_tiny(tiny, out)
 

@@ -170,3 +170,23 @@ def test_make_lab_opens_notebooks_and_runs_as_root_too(tmp_path):
                          text=True, check=True).stdout
     assert "jupyter lab --notebook-dir=notebooks" in out
     assert ("--allow-root" in out) == (os.geteuid() == 0)
+
+
+def test_open_run_dir_resumes_only_the_same_unfinished_run(tmp_path):
+    run, ident = tmp_path / "run", {"plan": [1, 2]}
+    out, saved = storage.open_run_dir(run, ident)
+    assert (out, saved) == (run, None) and not run.exists()
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        storage.open_run_dir(run, ident, resume=True)
+    storage.save_partial(run, ident, done={"a": 1})
+    with pytest.raises(FileExistsError, match="--resume"):
+        storage.open_run_dir(run, ident)
+    with pytest.raises(ValueError, match="other settings"):
+        storage.open_run_dir(run, {"plan": [3]}, resume=True)
+    assert storage.open_run_dir(run, ident, resume=True)[1]["done"] == {"a": 1}
+    assert storage.open_run_dir(run, ident, overwrite=True)[1] is None  # afresh, on purpose
+    (run / "results.json").write_text("{}")
+    storage.finish_partial(run)
+    assert sorted(p.name for p in run.iterdir()) == ["results.json"]
+    with pytest.raises(FileExistsError, match="finished run"):
+        storage.open_run_dir(run, ident, resume=True)
