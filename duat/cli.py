@@ -64,6 +64,11 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+# What a subcommand raises for input it refuses (names, ranges, files, folders of earlier
+# runs; missing datasets and weights are FileNotFoundErrors): reported without a traceback.
+USAGE_ERRORS = (ValueError, TypeError, FileExistsError, FileNotFoundError, NotADirectoryError)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
@@ -73,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except USAGE_ERRORS as err:  # bad input met past the parser: one line, status 2
+        print(f"duat {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

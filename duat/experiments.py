@@ -596,14 +596,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _reproduce(args)
-    except (ValueError, TypeError, FileExistsError, FileNotFoundError) as err:
-        print(f"duat reproduce: error: {err}", file=sys.stderr)
-        return 2
-
-
-def _reproduce(args: argparse.Namespace) -> int:
+    """`duat reproduce` (bad input raises; duat.cli reports it with status 2)."""
     from duat.runtime import profile as check_profile
 
     if args.list or not args.experiment:

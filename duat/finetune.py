@@ -680,32 +680,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """`duat reproduce finetune` (args: the `reproduce` parser's namespace)."""
-    from duat.data import DatasetUnavailableError
+    """`duat reproduce finetune` (args: the `reproduce` parser's namespace; bad input raises,
+    and duat.cli reports it with status 2)."""
     from duat.runtime import profile
-    from duat.transfer import WeightsUnavailableError
 
-    if getattr(args, "compare", None):
-        print("duat reproduce finetune: --compare is not supported for this experiment",
-              file=sys.stderr)
-        return 2
-    try:
-        chosen = profile(getattr(args, "profile", None))
-        results = run_experiment(
-            chosen, out=getattr(args, "out", None), overwrite=getattr(args, "overwrite", False),
-            seeds=getattr(args, "seeds", None), progress=not getattr(args, "no_progress", False),
-            resume=getattr(args, "resume", False),
-            source=getattr(args, "weights", None), source_arch=getattr(args, "arch", None),
-            targets=getattr(args, "datasets", None), per_class=getattr(args, "per_class", None),
-            layouts=getattr(args, "layouts", None), select=getattr(args, "select", None),
-            device=getattr(args, "device", None), threads=getattr(args, "threads", None),
-            data_root=getattr(args, "data_root", None),
-            download=False if getattr(args, "no_download", False) else None)
-    except (FileExistsError, FileNotFoundError, WeightsUnavailableError, DatasetUnavailableError, ValueError,
-            TypeError) as err:
-        print(f"duat reproduce finetune: error: {err}", file=sys.stderr)
-        return 2
-    if getattr(args, "no_progress", False):
+    if args.compare:
+        raise ValueError("--compare is not supported for the finetune experiment")
+    chosen = profile(args.profile)
+    results = run_experiment(
+        chosen, out=args.out, overwrite=args.overwrite, seeds=args.seeds,
+        progress=not args.no_progress, resume=args.resume, source=args.weights,
+        source_arch=args.arch, targets=args.datasets, per_class=args.per_class,
+        layouts=args.layouts, select=args.select, device=args.device, threads=args.threads,
+        data_root=args.data_root, download=False if args.no_download else None)
+    if args.no_progress:
         print(format_table(results["summary"]))
     print(f"\nfine-tuning from a pre-trained serial ViT ({chosen} profile, "
           f"{len(results['runs'])} runs, {results['wall_time_s']:.0f} s)")

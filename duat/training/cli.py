@@ -56,14 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _train(args)
-    except (ValueError, TypeError, FileExistsError, FileNotFoundError) as err:
-        print(f"duat train: error: {err}", file=sys.stderr)
-        return 2
-
-
-def _train(args: argparse.Namespace) -> int:
+    """`duat train` (bad input raises; duat.cli reports it with status 2)."""
     import torch
 
     from duat.data import dataset_info, load_data
