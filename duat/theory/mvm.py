@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from duat.paraformer import Attention
+
 DENSE_LIMIT = 2**24   # entries of a dense W: 16.8 M (64 MiB in float32, 128 MiB in float64)
 SPARSE_LIMIT = 2**25  # stored nonzeros of a sparse W: 33.6 M (about 0.7 GiB with int64 indices)
 
@@ -398,19 +400,12 @@ def _sequential(m: nn.Sequential, x, sparse):
     return W, b
 
 
-def _rules() -> list[tuple[type, object]]:
-    rules = [(nn.Linear, _linear), (nn.Conv2d, _conv2d), (nn.AvgPool2d, _avgpool2d),
-             (nn.MaxPool2d, _maxpool2d), (nn.BatchNorm2d, _batchnorm2d),
-             ((nn.ReLU, nn.GELU, nn.SiLU), _activation), (nn.LayerNorm, _layernorm),
-             (nn.MultiheadAttention, _multihead_attention),
-             ((nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout), _identity),
-             (nn.Sequential, _sequential)]
-    try:
-        from duat.paraformer import Attention
-        rules.append((Attention, _kit_attention))
-    except ImportError:  # the model module is optional for the theory
-        pass
-    return rules
+RULES = ((nn.Linear, _linear), (nn.Conv2d, _conv2d), (nn.AvgPool2d, _avgpool2d),
+         (nn.MaxPool2d, _maxpool2d), (nn.BatchNorm2d, _batchnorm2d),
+         ((nn.ReLU, nn.GELU, nn.SiLU), _activation), (nn.LayerNorm, _layernorm),
+         (nn.MultiheadAttention, _multihead_attention), (Attention, _kit_attention),
+         ((nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout), _identity),
+         (nn.Sequential, _sequential))
 
 
 SUPPORTED = ("Linear, Conv2d, AvgPool2d, MaxPool2d, BatchNorm2d (eval), ReLU, GELU, SiLU, LayerNorm, "
@@ -434,7 +429,7 @@ def mvm(module: nn.Module, x: torch.Tensor, sparse: bool | None = None) -> tuple
     if p is not None and p.dtype != x.dtype:
         raise TypeError(f"{type(module).__name__} has {p.dtype} parameters but x is {x.dtype}; "
                         f"convert one of them (e.g. module.double() and x.double())")
-    for kind, rule in _rules():
+    for kind, rule in RULES:
         if isinstance(module, kind):
             with torch.no_grad():
                 return rule(module, x, sparse)

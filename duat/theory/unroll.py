@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from duat.paraformer import Block, ParaFormer, ParallelStage
 from duat.theory.mvm import matmul, matvec, mvm
 from duat.theory.uat import single_thread
 
@@ -201,14 +202,6 @@ def _transformer_term(block, x0, x_prev) -> TransformerTerm:
                            torch.stack(bts), fc2.weight.detach(), fc2.bias.detach(), block.mlp.act)
 
 
-def _kit_classes():
-    try:
-        from duat import paraformer
-    except ImportError:
-        return None
-    return paraformer
-
-
 def residual_blocks(net: nn.Module) -> list[nn.Module]:
     """The serial residual blocks of net, or a ValueError saying what a serial residual net is.
 
@@ -217,19 +210,16 @@ def residual_blocks(net: nn.Module) -> list[nn.Module]:
     expected = ("a serial residual network: ResidualMLP, ResidualCNN, a ParaFormer whose stages "
                 "each have one branch (width=1), or an nn.Sequential / nn.ModuleList of "
                 "ResidualMLPBlock, ResidualConvBlock or duat.paraformer.Block")
-    pf = _kit_classes()
-    kinds = (ResidualMLPBlock, ResidualConvBlock) + ((pf.Block,) if pf else ())
+    kinds = (ResidualMLPBlock, ResidualConvBlock, Block)
     if isinstance(net, (ResidualMLP, ResidualCNN)):
         return list(net.blocks)
-    if pf is not None and isinstance(net, pf.ParaFormer):
-        blocks = []
-        for s, stage in enumerate(net.stages):
-            ref = stage if isinstance(stage, pf.ReferenceStage) else stage.to_reference()
-            if len(ref.blocks) != 1:
+    if isinstance(net, ParaFormer):
+        per_stage = net.blocks()                  # [stage][branch], copies of batched stages
+        for s, branches in enumerate(per_stage):
+            if len(branches) != 1:
                 raise ValueError(f"expected {expected}; got a ParaFormer whose stage {s} has "
-                                 f"{len(ref.blocks)} parallel branches (width > 1 is not serial)")
-            blocks.append(ref.blocks[0])
-        return blocks
+                                 f"{len(branches)} parallel branches (width > 1 is not serial)")
+        return [branches[0] for branches in per_stage]
     if isinstance(net, (nn.Sequential, nn.ModuleList)) and len(net) > 0:
         for i, m in enumerate(net):
             if not isinstance(m, kinds):
@@ -271,18 +261,17 @@ def unroll(net: nn.Module, x0: torch.Tensor) -> Unrolled:
 
 def _unroll(net: nn.Module, x0: torch.Tensor) -> Unrolled:
     blocks = residual_blocks(net)
-    pf = _kit_classes()
     if not isinstance(x0, torch.Tensor) or not x0.is_floating_point():
         raise TypeError(f"unroll expects a floating-point tensor x0, got {type(x0).__name__}")
     _check_input(blocks, x0)
     for m in net.modules():
         rates = [getattr(m, "p", 0.0) if isinstance(m, nn.Dropout) else 0.0, getattr(m, "attn_dropout", 0.0)]
-        if pf is not None and isinstance(m, pf.ParallelStage):
+        if isinstance(m, ParallelStage):
             rates.append(m.dropout)
         if m.training and max(rates) > 0:
             raise ValueError(f"unroll needs a deterministic forward pass, but {type(m).__name__} has "
                              f"active dropout in training mode: call net.eval() first")
-    steps = list(net.stages) if pf is not None and isinstance(net, pf.ParaFormer) else blocks
+    steps = list(net.stages) if isinstance(net, ParaFormer) else blocks
     out = Unrolled(x0.flatten(1), shape=tuple(x0.shape[1:]))
     x = x0
     out.stream.append(x0)
