@@ -5,6 +5,7 @@ is laid out by idea, one module per idea:
 
     duat.runtime   device selection, seeding, the quick/full PROFILE switch, versions
     duat.storage   atomic writes of checkpoints and results; no silent overwrites
+    duat.locations where results are read (the committed ones ship in duat/results/) and written
     duat.cli       the `duat` command line (`duat info`, `train`, `bench`, `reproduce`)
 
 Later modules (theory, model, data, training, benchmark, widgets) are imported by name,

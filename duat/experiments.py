@@ -20,13 +20,17 @@ Profiles: `quick` (bundled digits, tiny models with 4x4 patches, one CPU thread,
 seeds; each experiment fits in minutes on a 2-core CPU) and `full` (CIFAR-10, the 'small'
 models, meant for a GPU). Every run trains from scratch with its own seed (model init,
 data order and subset), and is scored on the fixed test split after its last epoch (no
-early stopping, no selection on the test set). Results go to results/<name>/ (quick) or
-results/<name>-full/: results.json (every run's record: config, seed, device, versions,
-wall time; and the per-configuration summary), results.csv, summary.csv and a plot.
+early stopping, no selection on the test set). A run writes results.json (every run's
+record: config, seed, device, versions, wall time; and the per-configuration summary),
+results.csv, summary.csv and a plot into <name>/ (quick) or <name>-full/ of
+duat.locations.output_dir(): in a source checkout duat/results/, where the committed quick
+results live (so regenerating them needs --overwrite), for an installed kit ./results/.
+`load_results(name)` reads the committed quick results (duat.locations.committed), which
+ship with the package.
 
     duat reproduce --list
     duat reproduce accuracy-vs-width --quick
-    duat reproduce data-scale --quick --out /tmp/rerun --compare results/data-scale/results.json
+    duat reproduce data-scale --quick --out /tmp/rerun --compare data-scale
 """
 from __future__ import annotations
 
@@ -35,16 +39,14 @@ import csv
 import io
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from duat.locations import RESULTS_ENV, committed, output_dir  # noqa: F401 (RESULTS_ENV: the override)
 from duat.storage import PARTIAL  # an unfinished sweep's records (see --resume)
-
-RESULTS_ENV = "DUAT_RESULTS"
 
 
 # ----------------------------------------------------------------------------- the specs
@@ -129,7 +131,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
         full=Plan(models=_grid_models((1, 2, 3, 4), (1, 2, 4)), epochs=100, **_FULL)),
     Experiment(
         "data-scale",
-        "Accuracy against n at 10 %, 25 %, 50 % and 100 % of the training set",
+        "Accuracy against the share of the training set (10 % to 100 %), for n = 1, 4 and 12",
         "PAPER.md 5.3: data scale strongly influences the results",
         "fraction",
         quick=Plan(models=("pf-1-1", "pf-1-4", "pf-1-12"),
@@ -138,7 +140,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
                   variants=tuple({"fraction": f} for f in FRACTIONS), steps=40000, **_FULL)),
     Experiment(
         "data-diversity",
-        "Accuracy against n with 2, 5 and 10 classes and the same number of training images",
+        "Accuracy against the number of classes (2, 5, 10) at the same number of training images",
         "PAPER.md 5.3: data diversity strongly influences the results",
         "num_classes",
         quick=Plan(models=("pf-1-1", "pf-1-4", "pf-1-12"),
@@ -160,16 +162,16 @@ def get_experiment(name: str) -> Experiment:
     return EXPERIMENTS[name]
 
 
-def results_root() -> Path:
-    """Where results live: $DUAT_RESULTS, else the repository's results/ folder, else ./results."""
-    if os.environ.get(RESULTS_ENV):
-        return Path(os.environ[RESULTS_ENV])
-    repo = Path(__file__).resolve().parents[1] / "results"
-    return repo if repo.is_dir() else Path("results")
+def results_folder(name: str, profile: str) -> str:
+    """The folder name of an experiment's results: NAME (quick) or NAME-PROFILE."""
+    return name if profile == "quick" else f"{name}-{profile}"
 
 
 def default_output_dir(name: str, profile: str) -> Path:
-    return results_root() / (name if profile == "quick" else f"{name}-{profile}")
+    """Where a new run of `name` in `profile` is written unless --out says otherwise
+    (duat.locations.output_dir: duat/results/ in a checkout, ./results/ when installed,
+    $DUAT_RESULTS if set). To read the committed results, use load_results(name)."""
+    return output_dir(results_folder(name, profile))
 
 
 # ----------------------------------------------------------------------------- running
@@ -414,10 +416,12 @@ def _missing_configurations(new: dict, reference: dict) -> list[dict]:
 
 
 def load_results(name_or_path: str | Path) -> dict:
-    """results.json of an experiment (by name: the committed quick results) or a path."""
+    """results.json of an experiment: by name, the committed quick results that ship with
+    the kit (or $DUAT_RESULTS/<name>, see duat.locations.committed); else a results.json or
+    the folder of one."""
     path = Path(name_or_path)
     if str(name_or_path) in EXPERIMENTS:
-        path = default_output_dir(str(name_or_path), "quick") / "results.json"
+        path = committed(results_folder(str(name_or_path), "quick")) / "results.json"
     elif path.is_dir():
         path = path / "results.json"
     if not path.is_file():
@@ -539,7 +543,10 @@ def plot_results(results: dict):
             a.set_xticks(sorted(df["num_classes"].unique()))
     else:  # pragma: no cover - registry entries use the four above
         raise ValueError(f"no plot for x={x!r}")
-    fig.suptitle(f"{results['title']}\n({where}; bars: mean +- 1 sd)", fontsize=10)
+    # the registry's title (a results file keeps the title it was written with)
+    title = EXPERIMENTS[results["experiment"]].title if results.get("experiment") in EXPERIMENTS \
+        else results["title"]
+    fig.suptitle(f"{title}\n({where}; bars: mean +- 1 sd)", fontsize=10)
     for a in fig.axes:
         if a.get_ylabel() and "accuracy" in a.get_ylabel():
             a.grid(alpha=0.3)
@@ -578,7 +585,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="the small profile: digits on a CPU, minutes (default, or $DUAT_PROFILE)")
     which.add_argument("--full", action="store_const", const="full", dest="profile",
                        help="the full profile: CIFAR-10, meant for a GPU")
-    parser.add_argument("--out", default=None, help="output folder (default results/<experiment>/)")
+    parser.add_argument("--out", default=None,
+                        help="output folder (default: <experiment>/ in duat/results/ of a source "
+                             "checkout, where the committed results are; in ./results/ for an "
+                             "installed kit; in $DUAT_RESULTS if set)")
     parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run in its folder, skipping the runs done")
@@ -589,8 +599,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-download", action="store_true", help="never download datasets")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--compare", default=None, metavar="RESULTS",
-                        help="afterwards, check the new means against these results (a results.json "
-                             "or its folder); exit 1 if any lies outside the seed spread")
+                        help="afterwards, check the new means against these results (a results.json, "
+                             "its folder, or an experiment's name: its committed results); exit 1 "
+                             "if any lies outside the seed spread")
     from duat.finetune import add_arguments as add_finetune_arguments   # `reproduce finetune`
     add_finetune_arguments(parser)
 

@@ -29,8 +29,9 @@ The experiment, for each target dataset:
 Quick profile: k = 5, 10, 20, layouts vit-4 / pf-2-2 / pf-1-4, 5 seeds, one CPU thread:
 90 fine-tuning runs, a few minutes on a laptop CPU, fully offline.
 
-    run_experiment("quick")      # into results/finetune/: results.json, results.csv (summary),
-                                 # runs.csv, finetune_curves.png, carry_over.png
+    run_experiment("quick")      # into finetune/ of duat.locations.output_dir(): results.json,
+                                 # results.csv (summary), runs.csv, finetune_curves.png,
+                                 # carry_over.png; load_results() reads the committed ones
     duat reproduce finetune --quick          # the same from the command line
 """
 from __future__ import annotations
@@ -174,6 +175,7 @@ def get_source(spec: FinetuneSpec, progress: bool = False, trained: dict | None 
         return model, None, {"kind": "weights", "name": spec.source, "layers": c.layers,
                              "dim": c.dim, "image_size": c.image_size, "patch_size": c.patch_size,
                              "num_classes": c.num_classes, "seconds": time.perf_counter() - t0}
+    from duat.convert import load_state_dict_checked
     from duat.data import load_data
     from duat.registry import create_model
 
@@ -185,7 +187,7 @@ def get_source(spec: FinetuneSpec, progress: bool = False, trained: dict | None 
     if model.config.width != 1:
         raise ValueError(f"the source must be a serial ViT ('vit-L'), got {spec.source_model!r}")
     if trained is not None:
-        model.load_state_dict(trained["state_dict"])
+        load_state_dict_checked(model, trained["state_dict"])  # a misfit: one-line ValueError
         return model.cpu().eval(), splits, trained["info"]
     config = _train_config(spec, spec.source_epochs, spec.source_lr, spec.source_seed)
     fit(model, train, None, config, progress=False)
@@ -510,7 +512,8 @@ def plot_curves(results: dict):
 
 
 def plot_carry_over(results: dict):
-    """Before fine-tuning: what each layout keeps of the serial source."""
+    """What each layout keeps of the serial source: as converted (no training), after a few
+    source-task steps, and the same steps from scratch; then agreement and feature cosine."""
     import matplotlib.pyplot as plt
 
     rows = results["carry_over"]
@@ -531,7 +534,8 @@ def plot_carry_over(results: dict):
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("fraction")
-    ax.set_title("The serial source's blocks in each layout, before fine-tuning", fontsize=10)
+    ax.set_title("The serial source's blocks in each layout: as converted, and after a few "
+                 "source-task steps", fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -541,7 +545,8 @@ def plot_carry_over(results: dict):
 # ----------------------------------------------------------------------------- the experiment
 
 def default_output_dir(profile: str) -> Path:
-    """results/finetune (quick) or results/finetune-full, under duat.experiments.results_root()."""
+    """Where a new run is written by default: finetune/ (quick) or finetune-full/ of
+    duat.locations.output_dir() (duat/results/ in a checkout, ./results/ when installed)."""
     from duat.experiments import default_output_dir as experiment_dir
 
     return experiment_dir(EXPERIMENT, profile)
@@ -550,11 +555,24 @@ def default_output_dir(profile: str) -> Path:
 PARTIAL_SOURCE = "partial_source.pt"  # an unfinished run's pre-trained source: a resume reuses it
 
 
+def _load_partial_source(path: Path) -> dict:
+    """{"state_dict": tensors, "info": plain data} as run_experiment keeps it (no pickle runs)."""
+    from duat.storage import UnreadableFileError, load_tensors
+
+    what = ("finetune source (the one an interrupted `duat reproduce finetune` keeps; "
+            "--overwrite starts afresh)")
+    trained = load_tensors(path, what)
+    if not (isinstance(trained, dict) and isinstance(trained.get("state_dict"), dict)
+            and isinstance(trained.get("info"), dict)):
+        raise UnreadableFileError(f"{path} is not a readable {what}: it lacks its state_dict or info")
+    return trained
+
+
 def run_experiment(profile: str = "quick", out: str | Path | None = None, overwrite: bool = False,
                    seeds=None, progress: bool = True, resume: bool = False, **overrides) -> dict:
     """Run the experiment and write results.json, results.csv (the summary), runs.csv (every
-    run), finetune_curves.png and carry_over.png into `out` (default: results/finetune/ for
-    the quick profile, results/finetune-full/ for the full one; an earlier run's folder is
+    run), finetune_curves.png and carry_over.png into `out` (default: default_output_dir, i.e.
+    finetune/ for the quick profile, finetune-full/ for the full one; an earlier run's folder is
     refused unless overwrite=True). `overrides`: any FinetuneSpec field. Returns the results.
 
     The runs made so far are kept in `<out>/partial.json` after every run (and a pre-trained
@@ -572,7 +590,7 @@ def run_experiment(profile: str = "quick", out: str | Path | None = None, overwr
     if saved is not None:
         done, saved_carry = saved["done"], saved["carry_over"]
         if (out_dir / PARTIAL_SOURCE).is_file():
-            trained = torch.load(out_dir / PARTIAL_SOURCE, map_location="cpu", weights_only=False)
+            trained = _load_partial_source(out_dir / PARTIAL_SOURCE)
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
     if spec.threads:
@@ -580,7 +598,8 @@ def run_experiment(profile: str = "quick", out: str | Path | None = None, overwr
     try:
         source, source_splits, source_info = get_source(spec, progress=progress, trained=trained)
         if source_info["kind"] == "pretrain" and trained is None:  # the same source on resume
-            atomic_torch_save({"state_dict": source.state_dict(), "info": source_info},
+            info = json.loads(json.dumps(source_info, default=str))  # plain data, as results.json
+            atomic_torch_save({"state_dict": source.state_dict(), "info": info},
                               out_dir / PARTIAL_SOURCE)
         if saved_carry is not None:
             carry = saved_carry
@@ -646,9 +665,11 @@ def _csv(rows: list[dict]) -> str:
 
 def load_results(path: str | Path | None = None) -> dict:
     """results.json of an earlier run (a folder or the file itself; default: the committed
-    quick-profile results, results/finetune/)."""
+    quick-profile results that ship with the kit, duat/results/finetune/, or
+    $DUAT_RESULTS/finetune/: see duat.locations.committed)."""
+    from duat.locations import committed
 
-    path = default_output_dir("quick") if path is None else Path(path)
+    path = committed(EXPERIMENT) if path is None else Path(path)
     if path.is_dir():
         path = path / "results.json"
     if not path.is_file():

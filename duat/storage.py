@@ -3,7 +3,8 @@
 Every file is written to a temporary name in the same folder, flushed, and renamed over
 the target (an atomic step on POSIX and Windows), so a killed run leaves either the old
 file or the new one, never half of one. Output folders of earlier runs are not reused
-unless the caller says `overwrite=True`.
+unless the caller says `overwrite=True`. What is read back is read safely: `load_tensors`
+(the kit's one torch.load) accepts tensors and plain data only, so no file can run code.
 """
 from __future__ import annotations
 
@@ -56,6 +57,38 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+class UnreadableFileError(ValueError):
+    """A file the kit reads back is not what it should be: one line naming the file, what
+    was expected and why (duat.cli reports it as a usage error, status 2)."""
+
+
+def load_tensors(path: str | os.PathLike, what: str, map_location: Any = "cpu") -> Any:
+    """torch.load(path) with weights_only=True: tensors and plain data (dict, list, tuple,
+    str, int, float, bool, None), never code. `what` names the file expected, e.g. "duat
+    checkpoint (a file written by `duat train`)". FileNotFoundError for a missing file;
+    UnreadableFileError "<path> is not a readable <what>: <why>" for a file that a pickle
+    would run code from, or that is truncated, corrupt or not torch.save's."""
+    import pickle
+    import warnings
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (expected a {what})")
+    try:
+        with warnings.catch_warnings():  # torch's notes on odd pickles: the refusal says enough
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch's own text is many lines long: one line instead
+        if isinstance(err, pickle.UnpicklingError) and "Unsupported global" in str(err):
+            why = ("it holds Python objects other than tensors and plain data; refusing to load "
+                   "it (weights_only)")
+        else:
+            why = "it is truncated or corrupt, or not a file written by torch.save"
+        raise UnreadableFileError(f"{path} is not a readable {what}: {why}") from err
 
 
 def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> Path:

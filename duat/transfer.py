@@ -50,6 +50,7 @@ from duat.convert import (assemble_state_dict, from_torchvision, load_state_dict
                           paraformer_parts, place_blocks, resample_pos_embed, resolve_layout,
                           torchvision_parts, vit_config)
 from duat.paraformer import ParaFormer, ParaFormerConfig
+from duat.storage import load_tensors
 
 SELECTIONS = ("first", "last", "spread")
 FREEZE_PARTS = ("none", "embed", "blocks", "all-but-head")
@@ -117,12 +118,22 @@ def torchvision_weights(weights, progress: bool = True) -> ParaFormer:
     if not arch.startswith("vit_"):
         raise ValueError(f"{weights!r} are not Vision Transformer weights; expected one of "
                          f"torchvision's ViT_*_Weights")
-    try:                         # first the weights: offline, fail before building the model
-        sd = w.get_state_dict(progress=progress, check_hash=True)
-    except Exception as err:     # no network, proxy refused, server down, bad cache file
-        raise WeightsUnavailableError(three_ways(
-            f"could not get torchvision's {type(w).__name__}.{w.name} ({w.url}): "
-            f"{type(err).__name__}: {err}")) from err
+    # First the weights (offline: fail before building the model). torch.hub's cache, as
+    # torchvision's get_state_dict uses it, but read by load_tensors: a planted file runs no code.
+    from urllib.parse import urlparse
+
+    name = f"{type(w).__name__}.{w.name}"
+    file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(w.url).path)
+    if not file.is_file():
+        digest = torch.hub.HASH_REGEX.search(file.name)   # checked against the download
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(w.url, str(file), digest.group(1) if digest else None,
+                                           progress=progress)
+        except Exception as err:     # no network, proxy refused, server down, hash mismatch
+            raise WeightsUnavailableError(three_ways(
+                f"could not get torchvision's {name} ({w.url}): {type(err).__name__}: {err}")) from err
+    sd = load_tensors(file, f"copy of torchvision's {name} (delete it to download it again)")
     image_size = int(w.meta.get("min_size", (224, 224))[0])
     vit = tvm.get_model(arch, weights=None, image_size=image_size,
                         num_classes=len(w.meta.get("categories") or range(1000)))
@@ -136,11 +147,8 @@ def load_file(path: str | os.PathLike, *, arch=None, size: str = "tiny",
     from duat.training.engine import CHECKPOINT_FORMAT
 
     path = Path(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path} is not a readable state dict or checkpoint "
-                         f"({type(err).__name__}: {err})") from err
+    obj = load_tensors(path, "state dict or checkpoint (tensors saved by torch.save, or a file "
+                             "written by `duat train`)")
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
         return _from_checkpoint(path, obj)
     if isinstance(obj, dict):

@@ -306,10 +306,50 @@ def test_quick_cli_run_gets_its_own_folder_and_is_marked_quick(tmp_path, capsys)
     assert bench.latest_run(tmp_path) is None  # quick runs are not the committed results
 
 
-def test_results_root_is_found_from_a_subfolder(tmp_path):
-    (tmp_path / "results" / "bench").mkdir(parents=True)
-    (tmp_path / "notebooks").mkdir()
-    assert bench.results_root(tmp_path / "notebooks") == tmp_path / "results" / "bench"
+def test_committed_runs_are_found_from_any_folder_and_by_name(tmp_path, monkeypatch):
+    from duat import locations
+
+    monkeypatch.delenv(locations.RESULTS_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)                       # nowhere near the checkout
+    root = bench.results_root()
+    assert root == locations.packaged() / "bench" and (root / "cpu-2026-11-28").is_dir()
+    assert bench.latest_run(device="cpu") == root / "cpu-2026-11-28"
+    assert bench.load_results("cpu-2026-11-28")["environment"]["device"] == "cpu"
+    with pytest.raises(FileNotFoundError, match="cpu-2026-11-28") as err:  # names the committed runs
+        bench.load_results("cpu-1999-01-01")
+    assert str(root) in str(err.value)
+
+
+def test_an_installed_kit_lists_the_committed_runs_and_those_written_here(tiny_results, tmp_path,
+                                                                          monkeypatch, capsys):
+    from duat import locations
+
+    monkeypatch.delenv(locations.RESULTS_ENV, raising=False)
+    monkeypatch.setattr(locations, "in_checkout", lambda: False)   # as from a wheel
+    monkeypatch.chdir(tmp_path)
+    assert bench.run_roots() == [locations.packaged() / "bench", tmp_path / "results" / "bench"]
+    assert main(["bench", "--quick", *TINY_ARGS, "--impl", "vit", "--layers", "1"]) == 0
+    capsys.readouterr()
+    (mine,) = (tmp_path / "results" / "bench").iterdir()        # the default --out: ./results/bench
+    assert mine.name.startswith("cpu-quick-")
+    assert [p.name for p in bench.list_runs()] == sorted(["cpu-2026-11-28", mine.name])
+    assert bench.latest_run(include_quick=True) == mine
+    assert not (locations.packaged() / "bench" / mine.name).exists()   # nothing into the package
+
+
+def test_results_override_is_read_and_refused_when_absent(tiny_results, tmp_path, monkeypatch, capsys):
+    from duat import locations
+
+    monkeypatch.setenv(locations.RESULTS_ENV, str(tmp_path))
+    assert bench.results_root() is None and bench.list_runs() == []  # no bench/ in it yet
+    bench.save_results(tiny_results, tmp_path / "bench" / "cpu-2030-01-01")
+    assert bench.results_root() == tmp_path / "bench"
+    assert bench.latest_run() == tmp_path / "bench" / "cpu-2030-01-01"
+    monkeypatch.setenv(locations.RESULTS_ENV, str(tmp_path / "nowhere"))
+    assert main(["bench", *TINY_ARGS, "--impl", "vit"]) == 2           # before any timing
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("duat bench: error: DUAT_RESULTS=")
+    assert "no such folder" in err[0] and str(locations.packaged()) in err[0]
 
 
 # ----------------------------------------------------------------------------- rerun vs committed
@@ -347,3 +387,17 @@ def test_cli_compare_reads_an_earlier_run_and_refuses_a_missing_one(tmp_path, ca
     assert main([*base, "--name", "c", "--compare", str(tmp_path / "nothing")]) == 2
     assert "no benchmark results" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_latency_plot_is_linear_unless_log_is_asked(tiny_results):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    linear = bench.plot_results(tiny_results)
+    assert {ax.get_yscale() for ax in linear.axes} == {"linear"}
+    assert all(ax.get_ylim()[0] == 0 for ax in linear.axes)  # latency and %-of-peak from 0
+    logged = bench.plot_results(tiny_results, log=True)
+    assert "log" in {ax.get_yscale() for ax in logged.axes}
+    plt.close("all")

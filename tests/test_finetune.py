@@ -123,11 +123,12 @@ def test_duat_reproduce_finetune_reports_errors(tmp_path, capsys):
     assert "torchvision's named weights" in err and "checkpoint of the kit's own training" in err
 
 
-def test_committed_quick_results_are_consistent():
-    path = REPO / "results" / "finetune" / "results.json"
-    if not path.is_file():
-        pytest.skip("no committed results/finetune yet")
+def test_committed_quick_results_are_consistent(monkeypatch):
+    monkeypatch.delenv("DUAT_RESULTS", raising=False)
+    path = REPO / "duat" / "results" / "finetune" / "results.json"   # shipped as package data
+    assert path.is_file(), "no committed duat/results/finetune"
     results = load_results()
+    assert results == json.loads(path.read_text())   # the default: the committed run
     assert results["profile"] == "quick" and results["experiment"] == "finetune"
     assert summarize(results["runs"]) == results["summary"]
     spec = results["spec"]

@@ -83,7 +83,7 @@ def test_fixed_and_gated_elementwise_ops(dtype):
     x = torch.randn(1, 3, 5, 4)
     check(_randomize_bn(nn.BatchNorm2d(3)), x, dtype)
     check(_randomize_bn(nn.BatchNorm2d(3, affine=False)), x, dtype)
-    for act in (nn.ReLU(), nn.GELU(), nn.GELU(approximate="tanh"), nn.SiLU()):
+    for act in (nn.ReLU(), nn.GELU(), nn.GELU(approximate="tanh"), nn.SiLU(), nn.Tanh()):
         check(act, x, dtype)
     for ident in (nn.Flatten(), nn.Identity(), nn.Dropout(0.5).eval(), nn.Unflatten(1, (3, 1))):
         check(ident, x, dtype)
@@ -184,8 +184,8 @@ def test_absurd_sizes_are_refused_with_the_size():
 def test_unsupported_module_names_its_type():
     with pytest.raises(NotImplementedError, match="LSTM"):
         mvm(nn.LSTM(4, 4), torch.randn(1, 4))
-    with pytest.raises(NotImplementedError, match="Tanh"):
-        mvm(nn.Sequential(nn.Linear(4, 4), nn.Tanh()), torch.randn(1, 4))
+    with pytest.raises(NotImplementedError, match="Softplus"):
+        mvm(nn.Sequential(nn.Linear(4, 4), nn.Softplus()), torch.randn(1, 4))
 
 
 @pytest.mark.parametrize("module,x,pattern", [
@@ -219,3 +219,12 @@ def test_type_errors():
         mvm(nn.ReLU(), torch.arange(3))
     with pytest.raises(TypeError, match="nn.Module"):
         mvm(lambda x: x, torch.randn(3))
+
+
+def test_tanh_gate_at_zero_is_its_limit():
+    """tanh(x) = diag(tanh(x) / x) x: at x = 0 the gate is the limit 1, never 0/0."""
+    x = torch.tensor([-2.0, -1e-8, 0.0, 1e-8, 3.0])
+    W, b = mvm(nn.Tanh(), x)
+    gate = W.diagonal()
+    assert torch.isfinite(gate).all() and gate[2] == 1.0
+    assert torch.allclose(W @ x + b, torch.tanh(x), atol=1e-7)

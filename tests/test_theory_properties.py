@@ -56,7 +56,7 @@ def test_tokenwise_ops_random_shapes(dtype):
             with torch.no_grad():
                 ln.weight.uniform_(0.5, 2), ln.bias.uniform_(-1, 1)
         cases.append((ln, 3 * torch.randn(*lead, n_in + 1) + 1))
-        act = rng.choice([nn.ReLU(), nn.GELU(), nn.GELU(approximate="tanh"), nn.SiLU()])
+        act = rng.choice([nn.ReLU(), nn.GELU(), nn.GELU(approximate="tanh"), nn.SiLU(), nn.Tanh()])
         cases.append((act, torch.randn(*lead, n_in)))
     err, module, shape = worst(cases, dtype)
     assert err <= TOL[dtype], f"{module} on {shape}: {err:.2e}"

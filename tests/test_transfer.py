@@ -344,15 +344,14 @@ THREE_WAYS = ("torchvision's named weights", "a local state-dict file",
 
 
 def test_offline_without_weights_names_the_three_ways(monkeypatch, tmp_path):
-    import torchvision.models._api as api
-
     calls = []
 
     def offline(url, *args, **kwargs):                      # what urllib says with no network
         calls.append(url)
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(api, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))   # nothing cached
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(WeightsUnavailableError) as err:
         load_source("ViT_B_16_Weights.IMAGENET1K_V1", progress=False)
     assert calls and calls[0].startswith("https://")

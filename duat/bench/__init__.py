@@ -7,8 +7,8 @@
 - duat.bench.harness: the models, the timing (CUDA events / perf_counter, CUDA graphs,
   torch.compile), the matmul peak, run_benchmark.
 - duat.bench.report: the table, the issue's targets, results.json / .csv / .png, the plot,
-  comparing a rerun with a saved run, and finding saved runs (list_runs, latest_run,
-  load_results).
+  comparing a rerun with a saved run, and finding saved runs (results_root: the committed
+  ones, which ship with the kit; run_roots, list_runs, latest_run, load_results).
 - duat.bench.cli: the `duat bench` command (`add_arguments`, `run`, re-exported here).
 """
 from duat.bench.cli import PRESETS, add_arguments, run, spec_from_args
@@ -17,13 +17,13 @@ from duat.bench.harness import (DTYPES, IMPLEMENTATIONS, VARIANTS, BenchSpec, ad
                                 summarize, time_calls, timm_available)
 from duat.bench.report import (RESULT_FILES, check_targets, compare_runs, find,
                                format_comparison, format_table, format_targets, is_quick, latest_run, list_runs, load_results,
-                               plot_results, records_csv, results_root, save_results)
+                               plot_results, records_csv, results_root, run_roots, save_results)
 
 __all__ = [
     "BenchSpec", "DTYPES", "IMPLEMENTATIONS", "PRESETS", "RESULT_FILES", "VARIANTS",
     "add_arguments", "add_roofline", "build_model", "check_targets", "compare_runs", "find",
     "format_comparison", "format_table",
     "format_targets", "is_quick", "latest_run", "list_runs", "load_results", "make_callable",
-    "matmul_peak", "plot_results", "records_csv", "results_root", "run", "run_benchmark",
+    "matmul_peak", "plot_results", "records_csv", "results_root", "run", "run_benchmark", "run_roots",
     "save_results", "spec_from_args", "summarize", "time_calls", "timm_available",
 ]

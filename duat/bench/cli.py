@@ -6,9 +6,11 @@
                                             # eager and CUDA-graph variants, batch 1 and 64
     duat bench --preset gpu --variants eager graph compile   # ... and torch.compile
 
-Results go to results/bench/<name>/ (results.json, results.csv, latency_vs_layers.png),
-<name> being DEVICE-DATE (quick runs: DEVICE-quick-DATE-HHMMSS); an earlier run's folder
-is never overwritten without --overwrite.
+Results go to bench/<name>/ of duat.locations.output_dir() (results.json, results.csv,
+latency_vs_layers.png): duat/results/bench/ in a source checkout, next to the committed
+runs; ./results/bench/ for an installed kit; $DUAT_RESULTS/bench/ if set. <name> is
+DEVICE-DATE (quick runs: DEVICE-quick-DATE-HHMMSS); an earlier run's folder is never
+overwritten without --overwrite.
 """
 from __future__ import annotations
 
@@ -60,14 +62,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, help="untimed calls per case, at most")
     parser.add_argument("--rounds", type=int, help="rounds cycling over the implementations")
     parser.add_argument("--max-case-seconds", type=float, help="time cap per case")
-    parser.add_argument("--out", default="results/bench", help="parent folder of the run's folder")
+    parser.add_argument("--out", default=None,
+                        help="parent folder of the run's folder (default: bench/ in duat/results/ "
+                             "of a source checkout; in ./results/ for an installed kit; in "
+                             "$DUAT_RESULTS if set)")
     parser.add_argument("--name", help="the run's folder name (default: DEVICE[-quick]-DATE)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run's files")
     parser.add_argument("--no-save", action="store_true", help="print the table, write nothing")
     parser.add_argument("--compare", metavar="RESULTS",
-                        help="afterwards, compare each case with an earlier run (its folder or "
-                             "results.json); exit 1 if fewer than 80%% of the common cases lie "
-                             "within the measured spread")
+                        help="afterwards, compare each case with an earlier run (its folder, "
+                             "results.json, or a committed run's name); exit 1 if fewer than "
+                             "80%% of the common cases lie within the measured spread")
 
 
 def spec_from_args(args: argparse.Namespace) -> tuple[BenchSpec, str]:
@@ -92,8 +97,9 @@ def spec_from_args(args: argparse.Namespace) -> tuple[BenchSpec, str]:
 
 def run(args: argparse.Namespace) -> int:
     from duat.bench.harness import resolve_device, run_benchmark
-    from duat.bench.report import (check_targets, compare_runs, format_comparison, format_table,
-                                   format_targets, load_results, save_results)
+    from duat.bench.report import (BENCH_FOLDER, check_targets, compare_runs, format_comparison,
+                                   format_table, format_targets, load_results, save_results)
+    from duat.locations import output_dir
     from duat.storage import prepare_output_dir
 
     try:
@@ -105,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
             now = datetime.datetime.now(datetime.timezone.utc)
             name = args.name or (f"{device.type}-quick-{now:%Y-%m-%d-%H%M%S}" if preset == "quick"
                                  else f"{device.type}-{now:%Y-%m-%d}")
-            folder = prepare_output_dir(Path(args.out) / name, overwrite=args.overwrite)
+            parent = Path(args.out) if args.out is not None else output_dir(BENCH_FOLDER)
+            folder = prepare_output_dir(parent / name, overwrite=args.overwrite)
     except (ValueError, FileExistsError, FileNotFoundError, NotADirectoryError) as err:
         print(f"duat bench: error: {err}", file=sys.stderr)
         return 2

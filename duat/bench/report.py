@@ -14,9 +14,11 @@ import json
 from pathlib import Path
 
 from duat.bench.harness import IMPLEMENTATIONS, VARIANTS
+from duat.locations import committed, output_dir
 from duat.storage import atomic_savefig, atomic_write_json, atomic_write_text
 
 RESULT_FILES = ("results.json", "results.csv", "latency_vs_layers.png")
+BENCH_FOLDER = "bench"  # the runs' parent folder, committed (duat/results/bench) and new ones
 ORDER = tuple(IMPLEMENTATIONS)  # table and plot order
 
 
@@ -222,12 +224,17 @@ def save_results(results: dict, folder: str | Path, overwrite: bool = False) -> 
 
 
 def load_results(path: str | Path) -> dict:
-    """A saved run: the folder (or its results.json)."""
+    """A saved run: its folder, its results.json, or the bare name of a committed run (a
+    folder of results_root(), e.g. "cpu-2026-11-28")."""
     path = Path(path)
+    if not path.exists() and len(path.parts) == 1:  # a bare name: one of the committed runs
+        path = committed(BENCH_FOLDER) / path
     if path.is_dir():
         path = path / "results.json"
     if not path.is_file():
-        raise FileNotFoundError(f"no benchmark results at {path}")
+        names = ", ".join(p.name for p in list_runs(committed(BENCH_FOLDER))) or "none"
+        raise FileNotFoundError(f"no benchmark results at {path}: give a run's folder, its "
+                                f"results.json, or the name of a committed run ({names})")
     results = json.loads(path.read_text())
     for key in ("environment", "records"):
         if key not in results:
@@ -235,20 +242,25 @@ def load_results(path: str | Path) -> dict:
     return results
 
 
-def results_root(start: str | Path | None = None) -> Path | None:
-    """The results/bench folder of the repository holding `start` (default: the working
-    directory, e.g. notebooks/), looking upwards; None when there is none (e.g. in Colab)."""
-    start = Path(start) if start is not None else Path.cwd()
-    for folder in (start, *start.resolve().parents):
-        if (folder / "results" / "bench").is_dir():
-            return folder / "results" / "bench"
-    return None
+def results_root() -> Path | None:
+    """The folder of the committed benchmark runs, which ship with the kit (duat/results/bench,
+    or $DUAT_RESULTS/bench: duat.locations.committed); None when it is absent."""
+    root = committed(BENCH_FOLDER)
+    return root if root.is_dir() else None
 
 
-def list_runs(root: str | Path = "results/bench") -> list[Path]:
-    """Folders under `root` holding a saved run, sorted by name."""
-    root = Path(root)
-    return sorted(p for p in root.iterdir() if (p / "results.json").is_file()) if root.is_dir() else []
+def run_roots() -> list[Path]:
+    """Where saved runs are looked for by default: the committed runs, and the folder
+    `duat bench` writes new runs to (the same one in a checkout; ./results/bench of the
+    working directory for an installed kit; see duat.locations)."""
+    return list(dict.fromkeys([committed(BENCH_FOLDER), output_dir(BENCH_FOLDER)]))
+
+
+def list_runs(root: str | Path | None = None) -> list[Path]:
+    """Folders holding a saved run, sorted by name: under `root`, by default under run_roots()."""
+    roots = [Path(root)] if root is not None else run_roots()
+    return sorted((p for r in roots if r.is_dir() for p in r.iterdir() if (p / "results.json").is_file()),
+                  key=lambda p: (p.name, str(p)))
 
 
 def is_quick(results: dict, folder: str | Path | None = None) -> bool:
@@ -258,10 +270,11 @@ def is_quick(results: dict, folder: str | Path | None = None) -> bool:
     return folder is not None and "-quick" in Path(folder).name
 
 
-def latest_run(root: str | Path = "results/bench", device: str = "cpu",
+def latest_run(root: str | Path | None = None, device: str = "cpu",
                include_quick: bool = False) -> Path | None:
     """The newest saved run (by its recorded date) on a `device` type ('cpu', 'cuda', 'mps')
-    under `root`, quick runs left out unless `include_quick`; None if there is none."""
+    under `root` (default: run_roots(), the committed runs and yours), quick runs left out
+    unless `include_quick`; None if there is none."""
     best = None
     for folder in list_runs(root):
         try:
@@ -280,9 +293,12 @@ def latest_run(root: str | Path = "results/bench", device: str = "cpu",
 
 # ----------------------------------------------------------------------------- plot
 
-def plot_results(results: dict, axes=None):
+def plot_results(results: dict, axes=None, log: bool = False):
     """Latency against L per implementation with the FLOP-bound line (top row), and the
-    achieved fraction of the matmul peak (bottom row); one column per batch size."""
+    achieved fraction of the matmul peak (bottom row); one column per batch size.
+
+    Linear axes by default: the question is "flat or linear in L", which a log axis hides;
+    `log=True` gives a log latency axis (for runs whose latencies span decades)."""
     import matplotlib.pyplot as plt
 
     recs, env = results["records"], results["environment"]
@@ -313,7 +329,10 @@ def plot_results(results: dict, axes=None):
             L = sorted(bound)
             top.plot(L, [bound[l] for l in L], "k--", label="FLOP bound (FLOPs / peak)")
             bottom.axhline(100, color="k", ls="--", lw=1)
-        top.set_yscale("log")
+        if log:
+            top.set_yscale("log")
+        else:
+            top.set_ylim(bottom=0)
         top.set_xticks(sorted({r["layers"] for r in recs if r["batch"] == batch}))
         top.set_title(f"batch {batch}")
         top.set_ylabel("latency per forward pass (ms)")

@@ -15,7 +15,7 @@ on the input (ReLU, GELU, max pooling, layer norm, attention) - with W computed 
     MaxPool2d               input-dependent 0/1 selection matrix
     BatchNorm2d (eval)      diagonal scale and a bias
     ReLU / GELU / SiLU      gated diagonals: ReLU = diag(1[x > 0]), GELU = diag(Phi(x)),
-                            SiLU = diag(sigmoid(x))
+    / Tanh                  SiLU = diag(sigmoid(x)), Tanh = diag(tanh(x) / x) (1 at x = 0)
     LayerNorm               diag(gamma / s(x)) C: a fixed centring matrix C, then an
                             input-dependent diagonal; block-diagonal over positions
     MultiheadAttention and  W = sum_h kron(A_h(x), W_o^h W_v^h): the attention maps A_h are the
@@ -292,6 +292,8 @@ def _gate(m: nn.Module, x):
         return (x > 0).to(x.dtype)
     if isinstance(m, nn.SiLU):
         return torch.sigmoid(x)
+    if isinstance(m, nn.Tanh):  # tanh(x) / x, with its limit 1 at x = 0
+        return torch.where(x == 0, torch.ones_like(x), torch.tanh(x) / x)
     if m.approximate == "tanh":
         return 0.5 * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
     return 0.5 * (1 + torch.erf(x * (1 / math.sqrt(2))))  # GELU: Phi(x)
@@ -402,13 +404,13 @@ def _sequential(m: nn.Sequential, x, sparse):
 
 RULES = ((nn.Linear, _linear), (nn.Conv2d, _conv2d), (nn.AvgPool2d, _avgpool2d),
          (nn.MaxPool2d, _maxpool2d), (nn.BatchNorm2d, _batchnorm2d),
-         ((nn.ReLU, nn.GELU, nn.SiLU), _activation), (nn.LayerNorm, _layernorm),
+         ((nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh), _activation), (nn.LayerNorm, _layernorm),
          (nn.MultiheadAttention, _multihead_attention), (Attention, _kit_attention),
          ((nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout), _identity),
          (nn.Sequential, _sequential))
 
 
-SUPPORTED = ("Linear, Conv2d, AvgPool2d, MaxPool2d, BatchNorm2d (eval), ReLU, GELU, SiLU, LayerNorm, "
+SUPPORTED = ("Linear, Conv2d, AvgPool2d, MaxPool2d, BatchNorm2d (eval), ReLU, GELU, SiLU, Tanh, LayerNorm, "
              "MultiheadAttention, duat.paraformer.Attention, Flatten, Unflatten, Identity, "
              "Dropout (eval), Sequential of these")
 

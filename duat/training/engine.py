@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from duat.runtime import seed_everything, select_device
-from duat.storage import atomic_torch_save
+from duat.storage import atomic_torch_save, load_tensors
 
 CHECKPOINT_FORMAT = "duat-checkpoint-1"
 # Config fields that do not change the weights' layout: a checkpoint may differ in these.
@@ -168,15 +168,14 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None,
     """Read a checkpoint written by fit(); with `model`, check it fits and load its weights.
 
     Raises FileNotFoundError for a missing file, ValueError for a file that is not a
-    readable duat checkpoint or one written by a different architecture.
+    readable duat checkpoint (tensors and plain data only: see duat.storage.load_tensors)
+    or one written by a different architecture.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path} is not a readable duat checkpoint ({type(err).__name__}: {err})") from err
+    state = load_tensors(path, "duat checkpoint (a file written by `duat train` or "
+                               "duat.training.fit)", map_location=map_location)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a duat checkpoint (expected format {CHECKPOINT_FORMAT!r})")
     if model is not None:

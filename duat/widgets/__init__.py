@@ -7,7 +7,9 @@ Each dashboard is a small class whose state can be read and driven without a bro
 (set a control's `.value`, call a button's `.click()`, read `.state`, `.results`,
 `.plot_data()`), so the tests exercise exactly what a reader clicks. Heavy work never
 freezes the page: sliders use continuous_update=False, training runs in a background
-thread that a Stop button ends within one batch.
+thread that a Stop button ends within one batch. The two know of each other through
+duat.widgets.trainer.running_trainers(): Measure holds every training run of the kernel
+between two batches while it times, so that it times the models and nothing else.
 
 ipywidgets and matplotlib are imported here, so import this module only where widgets
 are wanted (`import duat` does not import it).

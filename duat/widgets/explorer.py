@@ -3,10 +3,19 @@ FLOPs on this device, and place both on a latency-vs-layers plot with the FLOP b
 
 The maths is PAPER.md section 4: both models have m*n encoder layers and the same FLOPs;
 the serial one must run them one after another, Para-Former runs each stage's n layers
-as one batched computation. Timing uses the benchmark's own code (duat.bench.harness).
+as one batched computation. Timing uses the benchmark's own code (duat.bench.harness):
+untimed warm-up calls first, then the two models' timed calls in alternating rounds with
+garbage collection off, so that a slow drift in machine load hits both alike.
+
+Two things make a latency reading wrong without any error: something else running in the
+kernel meanwhile, and a busy machine. Measure therefore holds every live training run of
+this process between two batches while it times (duat.widgets.trainer.running_trainers),
+and flags a reading as too noisy when its spread is wide or it is far slower than earlier
+readings of the same model (SPREAD_LIMIT, SLOWDOWN_LIMIT); the record is kept, marked.
 """
 from __future__ import annotations
 
+import contextlib
 import html
 import time
 
@@ -17,6 +26,7 @@ from duat.counting import count_parameters, flops
 from duat.registry import create_model, model_config
 from duat.runtime import available_devices
 from duat.widgets.render import figure_png, html_table, new_figure
+from duat.widgets.trainer import running_trainers
 
 DIMS = [32, 64, 96, 128, 192, 256, 384]
 HEADS = [1, 2, 3, 4, 6, 8]
@@ -26,14 +36,45 @@ DEVICES = ["cpu", "cuda", "mps"]
 TABLE_COLUMNS = [("label", "model"), ("layers", "layers m·n"), ("params", "parameters"),
                  ("gflops", "GFLOP / pass"), ("median_ms", "latency ms (median)"),
                  ("p25_ms", "p25"), ("p75_ms", "p75"), ("bound_ms", "FLOP bound ms"),
-                 ("device", "device"), ("batch", "batch")]
+                 ("device", "device"), ("batch", "batch"), ("noisy", "too noisy: why")]
+SETTING = ("dim", "heads", "batch", "device")   # with the model, what makes two readings comparable
+
+# When a reading is flagged "too noisy, measure again" (it is kept, with the reason):
+# - SPREAD_LIMIT: its p75 / p25 is above 1.5. On an otherwise idle device repeated calls of
+#   one forward pass agree to within a few per cent, so quartiles 50 % apart mean that
+#   something else had the processor during a good part of the calls.
+# - SLOWDOWN_LIMIT: its median is above 2x the lowest median of the earlier readings of
+#   the same model and setting. The same computation does not become twice as slow by
+#   itself; steady contention (another program, a training run) does, and can leave the
+#   spread narrow.
+SPREAD_LIMIT = 1.5
+SLOWDOWN_LIMIT = 2.0
+# Untimed calls per model before its timed ones (first calls allocate memory and pick
+# kernels); fewer when they take over a third of seconds_per_model (the harness's budget).
+WARMUP_CALLS = 5
+ROUNDS = 3         # the timed calls are split into rounds that alternate the two models
+
+
+def noise_reason(stats: dict, earlier_medians: list[float]) -> str | None:
+    """Why a reading (a summarize() dict) is too noisy to trust, or None when it is not.
+
+    earlier_medians: the medians (ms) of earlier readings of the same model and setting."""
+    reasons = []
+    if stats["p25_ms"] > 0 and stats["p75_ms"] / stats["p25_ms"] > SPREAD_LIMIT:
+        reasons.append(f"spread: p75/p25 = {stats['p75_ms'] / stats['p25_ms']:.2f} "
+                       f"(limit {SPREAD_LIMIT})")
+    if earlier_medians and stats["median_ms"] > SLOWDOWN_LIMIT * min(earlier_medians):
+        reasons.append(f"slow: median {stats['median_ms'] / min(earlier_medians):.1f}x the best "
+                       f"earlier reading (limit {SLOWDOWN_LIMIT:g}x)")
+    return "; ".join(reasons) or None
 
 
 class DepthWidthExplorer:
     """Sliders for m, n, width D, heads, batch and device; Measure times both models.
 
-    Readable state: `.state` (the controls), `.results` (every measurement of the session,
-    newest last), `.message` (what the dashboard says), `.plot_data()` (the plotted series).
+    Readable state: `.state` (the controls), `.results` (every measurement so far, newest
+    last; `noisy` is None or why it is too noisy), `.message` (what the dashboard says),
+    `.plot_data()` (the plotted series).
     """
 
     def __init__(self, depth: int = 1, width: int = 4, dim: int = 64, heads: int = 4,
@@ -118,12 +159,15 @@ class DepthWidthExplorer:
         rows += [r for r in reversed(self.results) if id(r) not in shown]
         return rows
 
-    def _last(self, name: str) -> dict | None:
+    def _readings(self, name: str | None = None) -> list[dict]:
+        """The readings so far at the current setting (of model `name`, if given), oldest first."""
         s = self.state
-        for r in reversed(self.results):
-            if r["model"] == name and all(r[k] == s[k] for k in ("dim", "heads", "batch", "device")):
-                return r
-        return None
+        return [r for r in self.results if all(r[k] == s[k] for k in SETTING)
+                and name in (None, r["model"])]
+
+    def _last(self, name: str) -> dict | None:
+        readings = self._readings(name)
+        return readings[-1] if readings else None
 
     def _on_change(self, change=None) -> None:
         problem = self.problem()
@@ -148,49 +192,84 @@ class DepthWidthExplorer:
 
     def measure(self) -> list[dict] | None:
         """Time Para-Former-m-n and serial ViT-(m*n); returns the two new records, or None
-        (with a message on the dashboard) when the choice cannot be measured."""
+        (with a message on the dashboard) when the choice cannot be measured now.
+
+        Live training runs of this kernel are held between two batches while timing (and
+        go on afterwards); if one cannot be held, nothing is timed. Each record has a
+        `noisy` field: None, or why the reading is too noisy to trust (noise_reason)."""
         problem = self.problem()
         if problem:
             self._say(f"<b style='color:#b00'>cannot measure: {problem}</b>")
             return None
-        from duat.bench.harness import summarize, time_calls
+        trainers = running_trainers()
+        if trainers:
+            self._say("pausing the training run in the Accuracy tab at the end of its batch ...")
+        with contextlib.ExitStack() as stack:
+            if not all([stack.enter_context(t.paused()) for t in trainers]):
+                self._say("<b style='color:#b00'>cannot measure now: a training run is in progress in "
+                          "the Accuracy tab and could not be paused (it is loading data or evaluating); "
+                          "timing now would time the training too. Wait for it to finish, or Stop it, "
+                          "then Measure.</b>")
+                return None
+            held = [t for t in trainers if t.running]   # the others ended while we waited
+            new = self._time_both()
+        if new is None:
+            return None
+        self.results.extend(new)
+        pf, vit = new
+        text = (f"{pf['label']}: {pf['median_ms']:.3g} ms, {vit['label']}: {vit['median_ms']:.3g} ms "
+                f"(serial / parallel = {vit['median_ms'] / pf['median_ms']:.2f}x) on {pf['device']}, "
+                f"batch {pf['batch']}")
+        noisy = [f"{r['label']}: {r['noisy']}" for r in new if r["noisy"]]
+        if noisy:
+            text += f". <b style='color:#b00'>Too noisy, measure again</b> ({'; '.join(noisy)})"
+        if held:
+            text += ". Training in the Accuracy tab was paused while timing, and goes on now"
+        self._say(text)
+        self.refresh()
+        return new
+
+    def _time_both(self) -> list[dict] | None:
+        """The two records, timed by the benchmark's own loop; None (and a message) on error."""
+        from duat.bench.harness import BenchSpec, _Case, _time_cases, make_callable, summarize
 
         s = self.state
         device = torch.device(s["device"])
+        spec = BenchSpec(warmup=WARMUP_CALLS, reps=max(3, self.reps), min_reps=3, rounds=ROUNDS,
+                         max_case_seconds=self.seconds_per_model)
         self._say("measuring ...")
         self.measure_button.disabled = True
         try:
             peak = self.peak_gflops(s["device"])
-            new = []
+            torch.manual_seed(0)
+            x = torch.randn(s["batch"], self.image["in_channels"], self.image["image_size"],
+                            self.image["image_size"], device=device)
+            cases = []  # a benchmark case per model; its `implementation` is the model's name
             for name in self.model_names():
                 torch.manual_seed(0)
                 model = create_model(name, dim=s["dim"], heads=s["heads"], **self.image).eval().to(device)
-                x = torch.randn(s["batch"], self.image["in_channels"], self.image["image_size"],
-                                self.image["image_size"], device=device)
-                with torch.inference_mode():
-                    first = time_calls(lambda: model(x), 2, device)[-1]
-                    reps = int(max(3, min(self.reps, self.seconds_per_model / max(first, 1e-6))))
-                    stats = summarize(time_calls(lambda: model(x), reps, device))
-                fl = flops(model.config, s["batch"])
-                new.append(dict(model=name, label=_label(name), layers=model.config.layers,
-                                depth=model.config.depth, width=model.config.width,
-                                params=count_parameters(model), gflops=fl / 1e9, reps=reps,
-                                median_ms=stats["median_ms"], p25_ms=stats["p25_ms"],
-                                p75_ms=stats["p75_ms"], bound_ms=fl / (peak * 1e9) * 1e3,
-                                peak_gflops=peak, **{k: s[k] for k in ("dim", "heads", "batch", "device")},
-                                time=time.strftime("%H:%M:%S")))
-                del model
+                cases.append(_Case(name, "eager", model.config.layers, s["batch"], model,
+                                   make_callable(model, x, "eager")))
+            _time_cases(cases, spec, device, say=lambda _: None)
         except Exception as err:  # shown on the dashboard, never raised into the page
             self._say(f"<b style='color:#b00'>measurement failed: {type(err).__name__}: {html.escape(str(err))}</b>")
             return None
         finally:
             self.measure_button.disabled = False
-        self.results.extend(new)
-        pf, vit = new
-        self._say(f"{pf['label']}: {pf['median_ms']:.3g} ms, {vit['label']}: {vit['median_ms']:.3g} ms "
-                  f"(serial / parallel = {vit['median_ms'] / pf['median_ms']:.2f}x) on {s['device']}, "
-                  f"batch {s['batch']}")
-        self.refresh()
+        new = []
+        for case in cases:
+            c, stats = case.model.config, summarize(case.seconds)
+            fl = flops(c, s["batch"])
+            earlier = [r["median_ms"] for r in self._readings(case.implementation)]
+            new.append(dict(model=case.implementation, label=_label(case.implementation),
+                            layers=c.layers, depth=c.depth, width=c.width,
+                            params=count_parameters(case.model), gflops=fl / 1e9,
+                            warmup=case.warmup, reps=len(case.seconds),
+                            median_ms=stats["median_ms"], p25_ms=stats["p25_ms"],
+                            p75_ms=stats["p75_ms"], samples_ms=[t * 1e3 for t in case.seconds],
+                            noisy=noise_reason(stats, earlier), bound_ms=fl / (peak * 1e9) * 1e3,
+                            peak_gflops=peak, **{k: s[k] for k in SETTING},
+                            time=time.strftime("%H:%M:%S")))
         return new
 
     def clear(self) -> None:
@@ -200,13 +279,16 @@ class DepthWidthExplorer:
     # ------------------------------------------------------------------ plot
     def plot_data(self) -> dict:
         """Series for the current (dim, heads, batch, device): layers -> median ms for the
-        parallel and the serial models, and the FLOP-bound line flops / peak."""
+        parallel and the serial models (noisy readings included, with their reason), and
+        the FLOP-bound line flops / peak."""
         s = self.state
-        same = [r for r in self.results if all(r[k] == s[k] for k in ("dim", "heads", "batch", "device"))]
-        series = {"parallel": sorted((r["layers"], r["median_ms"], r["p25_ms"], r["p75_ms"], r["model"])
-                                     for r in same if r["model"].startswith("pf")),
-                  "serial": sorted((r["layers"], r["median_ms"], r["p25_ms"], r["p75_ms"], r["model"])
-                                   for r in same if r["model"].startswith("vit"))}
+        same = self._readings()
+
+        def points(prefix):  # (layers, median, p25, p75, model, noisy reason or None)
+            return sorted(((r["layers"], r["median_ms"], r["p25_ms"], r["p75_ms"], r["model"], r["noisy"])
+                           for r in same if r["model"].startswith(prefix)), key=lambda p: p[:5])
+
+        series = {"parallel": points("pf"), "serial": points("vit")}
         bound = []
         if same and s["device"] in self._peaks and self.problem() is None:
             top = max(r["layers"] for r in same)
@@ -225,11 +307,12 @@ class DepthWidthExplorer:
                                          ("parallel", "tab:blue", "o", "Para-Former-m-n (batched)")):
             pts = data[key]
             if pts:
-                L, med, lo, hi, names = zip(*pts)
+                L, med, lo, hi, names, noisy = zip(*pts)
                 ax.errorbar(L, med, yerr=[[m - a for m, a in zip(med, lo)], [b - m for m, b in zip(med, hi)]],
                             color=color, marker=marker, capsize=3, label=text)
-                for x, y, n in zip(L, med, names):
-                    ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                for x, y, n, bad in zip(L, med, names, noisy):
+                    ax.annotate(n + (" (too noisy)" if bad else ""), (x, y), textcoords="offset points",
+                                xytext=(4, 4), fontsize=7, color="#b00" if bad else "black")
         if data["bound"]:
             L, ms = zip(*data["bound"])
             ax.plot(L, ms, "k--", lw=1, label="FLOP bound (FLOPs / matmul peak)")

@@ -4,12 +4,19 @@ epoch by epoch, press Stop at any time; each finished run joins a comparison tab
 Training runs in a background thread (duat.training.fit with a stop event), so the page
 stays responsive and Stop takes effect before the next batch. Defaults are the quick
 profile on the bundled `digits`, which needs no network.
+
+A run shares the CPU (or the accelerator) with everything else in the kernel, so anything
+timed during it is timed on a busy machine. `running_trainers()` lists the runs in
+progress in this process and `LiveTrainer.paused()` holds one between two batches; the
+explorer's Measure button uses both (duat.widgets.explorer).
 """
 from __future__ import annotations
 
+import contextlib
 import html
 import threading
 import time
+import weakref
 
 import ipywidgets as w
 
@@ -20,6 +27,17 @@ MODELS = ["pf-1-1", "pf-1-2", "pf-1-4", "pf-1-8", "pf-2-2", "pf-2-4", "pf-4-2",
 RUN_COLUMNS = [("run", "#"), ("model", "model"), ("dataset", "dataset"), ("params", "parameters"),
                ("epochs_completed", "epochs"), ("status", "status"), ("val_acc", "val acc"),
                ("test_acc", "test acc"), ("wall_s", "seconds")]
+# How long paused() waits for a run to reach the end of a batch. Between two batches is
+# the only place a run can be held; outside them it is loading data, validating or
+# testing, which takes seconds at most with the bundled datasets.
+PAUSE_WAIT_S = 30.0
+
+_TRAINERS: "weakref.WeakSet[LiveTrainer]" = weakref.WeakSet()   # every LiveTrainer made here
+
+
+def running_trainers() -> list["LiveTrainer"]:
+    """The LiveTrainers of this process whose run is in progress."""
+    return [t for t in list(_TRAINERS) if t.running]
 
 
 class LiveTrainer:
@@ -28,7 +46,8 @@ class LiveTrainer:
     Readable state: `.state` (the controls), `.status` ('idle', 'running', 'finished',
     'stopped', 'failed'), `.history` (the current run's epoch records), `.runs` (one record
     per finished run), `.message`. `start()` returns at once; `join()` waits for the run;
-    `run()` does both (what a notebook cell or a test calls).
+    `run()` does both (what a notebook cell or a test calls); `with paused():` holds the
+    run between two batches for the duration of the block.
     """
 
     def __init__(self, model: str = "pf-1-4", dataset: str = "digits", epochs: int = 5,
@@ -60,8 +79,13 @@ class LiveTrainer:
         self.history: list[dict] = []
         self.runs: list[dict] = []
         self._stop = threading.Event()
+        self._go = threading.Event()      # cleared by paused(): the run waits before its next batch
+        self._go.set()
+        self._held = threading.Event()    # set by the run while it waits
+        self._paused_s = 0.0              # time the current run spent held (not in its seconds)
         self._thread: threading.Thread | None = None
         self._draw()
+        _TRAINERS.add(self)
 
     @property
     def state(self) -> dict:
@@ -83,6 +107,7 @@ class LiveTrainer:
             self._say("a run is already in progress: press Stop first")
             return False
         self._stop.clear()
+        self._paused_s = 0.0
         self.history = []
         self.status = "running"
         self.start_button.disabled, self.stop_button.disabled = True, False
@@ -106,6 +131,33 @@ class LiveTrainer:
         """Start and wait: for a notebook cell or a test."""
         self.start()
         return self.join(timeout)
+
+    @contextlib.contextmanager
+    def paused(self, timeout: float | None = None):
+        """Hold the run at the end of its current batch while the with-block runs, then let
+        it go on with the next batch (nothing about the training changes).
+
+        Yields True when the run is held, or when no run is in progress; False when the run
+        did not reach the end of a batch within `timeout` seconds (default PAUSE_WAIT_S;
+        it was loading data or evaluating): then it is still running, and the block should
+        not time anything. A Stop pressed meanwhile takes effect when the block ends.
+        """
+        held, before, note = False, "", "paused: the explorer is timing models"
+        self._go.clear()
+        try:
+            deadline = time.monotonic() + (PAUSE_WAIT_S if timeout is None else timeout)
+            while self.running and not self._held.wait(0.01) and time.monotonic() < deadline:
+                pass
+            held = self._held.is_set()
+            if held:
+                before = self.message
+                self._say(note + "; training goes on when it is done")
+            yield held or not self.running
+        finally:
+            self._held.clear()
+            self._go.set()
+            if held and self.message.startswith(note):
+                self._say(before)
 
     # ------------------------------------------------------------------ the run
     def _run(self, s: dict) -> None:
@@ -140,7 +192,7 @@ class LiveTrainer:
                                   size=s["size"], params=count_parameters(model),
                                   epochs_completed=result.epochs_completed, status=self.status,
                                   val_acc=last.get("val_acc"), test_acc=test_acc,
-                                  wall_s=time.perf_counter() - t0))
+                                  wall_s=time.perf_counter() - t0 - self._paused_s))
             self._say(f"{self.status}: {result.epochs_completed} epoch(s) of {s['model']}"
                       + (f", test accuracy {test_acc:.3f}" if test_acc is not None else ""))
         except Exception as err:  # shown on the dashboard, never raised into the page
@@ -151,6 +203,11 @@ class LiveTrainer:
             self.table_html.value = html_table(self.runs, RUN_COLUMNS, "no runs yet")
 
     def _on_event(self, event) -> None:
+        if not self._go.is_set():  # paused() asked: wait here, between two batches
+            self._held.set()
+            t0 = time.perf_counter()
+            self._go.wait()
+            self._paused_s += time.perf_counter() - t0
         self.progress.value = min(event.step, self.progress.max)
         if event.kind == "epoch":
             self.history = list(event.history)
