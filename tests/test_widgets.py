@@ -251,7 +251,7 @@ def test_measure_holds_a_running_training_run_and_lets_it_go_on(explorer, traine
         started.set()
 
     trainer._on_event = on_event
-    real_time_cases = harness._time_cases
+    real_time_cases = harness.time_cases
 
     def timing(*args, **kwargs):        # the explorer's timing, watched from inside
         seen.update(before=len(steps), running=trainer.running, message=trainer.message)
@@ -259,7 +259,7 @@ def test_measure_holds_a_running_training_run_and_lets_it_go_on(explorer, traine
         time.sleep(0.3)                 # room for a run that was not held to take more steps
         seen["after"] = len(steps)
 
-    monkeypatch.setattr(harness, "_time_cases", timing)
+    monkeypatch.setattr(harness, "time_cases", timing)
     trainer.epochs.value = 50
     trainer.start_button.click()
     try:

@@ -303,7 +303,9 @@ def matmul_peak(device: torch.device | str = "cpu", dtype: str = "float32",
 # ----------------------------------------------------------------------------- the run
 
 @dataclass
-class _Case:
+class Case:
+    """One thing to time: a model (or the matmul probe) and the call that runs it; the
+    timing loop fills in its warm-up count and samples."""
     implementation: str
     variant: str
     layers: int
@@ -371,12 +373,12 @@ def run_benchmark(spec: BenchSpec | None = None, progress: Callable[[str], None]
         if measure_peak:  # pick the GEMM size, then time it between the models all run long
             say("measuring the matmul peak ...")
             scan = matmul_peak(device, spec.dtype, spec.peak_sizes, reps=5)
-            probe = _Case("matmul-peak", "eager", 0, 0, None, _gemm(scan["size"], device, spec.dtype))
+            probe = Case("matmul-peak", "eager", 0, 0, None, _gemm(scan["size"], device, spec.dtype))
         records = []
         for batch in spec.batches:
             for L in spec.layers:
                 cases = _build_cases(spec, impls, L, batch, device, skipped, say)
-                _time_cases(cases, spec, device, say, probe)
+                time_cases(cases, spec, device, say, probe)
                 for case in cases:
                     records.append(_record(case, spec, env))
                 del cases
@@ -399,7 +401,7 @@ def run_benchmark(spec: BenchSpec | None = None, progress: Callable[[str], None]
         torch.set_num_threads(old_threads)
 
 
-def _build_cases(spec, impls, L, batch, device, skipped, say) -> list[_Case]:
+def _build_cases(spec, impls, L, batch, device, skipped, say) -> list[Case]:
     gen = torch.Generator(device="cpu").manual_seed(spec.seed)
     x = torch.randn(batch, spec.in_channels, spec.image_size, spec.image_size, generator=gen)
     x = x.to(device, DTYPES[spec.dtype])
@@ -415,15 +417,18 @@ def _build_cases(spec, impls, L, batch, device, skipped, say) -> list[_Case]:
                 skipped[key] = f"{type(err).__name__}: {err}"
                 say(f"  skipped {key}: {skipped[key]}")
                 continue
-            cases.append(_Case(impl, variant, L, batch, model, fn))
+            cases.append(Case(impl, variant, L, batch, model, fn))
     return cases
 
 
 PEAK_CALLS_PER_ROUND = 2  # matmul-peak calls timed before each round of each (batch, L)
 
 
-def _time_cases(cases: list[_Case], spec: BenchSpec, device: torch.device, say,
-                probe: _Case | None = None) -> None:
+def time_cases(cases: list[Case], spec: BenchSpec, device: torch.device, say,
+               probe: Case | None = None) -> None:
+    """Warm every case up, then time them in interleaved rounds (spec.rounds), so that slow
+    drifts of the machine's load hit all cases alike; `probe` (the matmul peak) is timed
+    between the rounds. The benchmark and the explorer both time through this loop."""
     with torch.inference_mode():
         for case in cases:  # warm-up: at least one call, at most spec.warmup, within a budget
             t0 = time.perf_counter()
@@ -457,7 +462,7 @@ def _time_cases(cases: list[_Case], spec: BenchSpec, device: torch.device, say,
             f"{s['p75_ms']:.2f}, {len(case.seconds)} reps)")
 
 
-def _record(case: _Case, spec: BenchSpec, env: dict) -> dict:
+def _record(case: Case, spec: BenchSpec, env: dict) -> dict:
     c = case.model.config
     rec = {
         "implementation": case.implementation, "variant": case.variant,

@@ -231,7 +231,7 @@ class DepthWidthExplorer:
 
     def _time_both(self) -> list[dict] | None:
         """The two records, timed by the benchmark's own loop; None (and a message) on error."""
-        from duat.bench.harness import BenchSpec, _Case, _time_cases, make_callable, summarize
+        from duat.bench.harness import BenchSpec, Case, time_cases, make_callable, summarize
 
         s = self.state
         device = torch.device(s["device"])
@@ -248,9 +248,9 @@ class DepthWidthExplorer:
             for name in self.model_names():
                 torch.manual_seed(0)
                 model = create_model(name, dim=s["dim"], heads=s["heads"], **self.image).eval().to(device)
-                cases.append(_Case(name, "eager", model.config.layers, s["batch"], model,
+                cases.append(Case(name, "eager", model.config.layers, s["batch"], model,
                                    make_callable(model, x, "eager")))
-            _time_cases(cases, spec, device, say=lambda _: None)
+            time_cases(cases, spec, device, say=lambda _: None)
         except Exception as err:  # shown on the dashboard, never raised into the page
             self._say(f"<b style='color:#b00'>measurement failed: {type(err).__name__}: {html.escape(str(err))}</b>")
             return None
