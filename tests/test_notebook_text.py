@@ -57,3 +57,16 @@ def test_the_scan_finds_what_it_looks_for():
     assert MACHINE_PATHS.search(r"C:\Users\me\duat")
     assert PROCESS_WORDS.search("The issue behind this benchmark set CPU targets")
     assert not PROCESS_WORDS.search("tissues and reissued prints")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_unchecked_output_says_why(path):
+    """A cell whose output nbval ignores says why on its next line, as a comment."""
+    nb = json.loads(path.read_text())
+    silent = []
+    for i, cell in enumerate(nb["cells"]):
+        lines = "".join(cell["source"]).splitlines()
+        if cell["cell_type"] == "code" and lines and lines[0].strip() == "# NBVAL_IGNORE_OUTPUT":
+            if len(lines) < 2 or not lines[1].lstrip().startswith("# ("):
+                silent.append(i)
+    assert not silent, f"{path.name}: cells {silent} ignore their output without a '# (reason)' line"
