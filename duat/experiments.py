@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from duat.locations import RESULTS_ENV, committed, output_dir  # noqa: F401 (RESULTS_ENV: the override)
+from duat.locations import committed, output_dir
 from duat.storage import PARTIAL  # an unfinished sweep's records (see --resume)
 
 

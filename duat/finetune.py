@@ -585,7 +585,8 @@ def run_experiment(profile: str = "quick", out: str | Path | None = None, overwr
     spec = make_spec(profile, seeds=tuple(seeds) if seeds is not None else None, **overrides)
     identity = {"experiment": EXPERIMENT, "spec": asdict(spec)}
     out_dir, saved = open_run_dir(default_output_dir(spec.profile) if out is None else out,
-                                  identity, overwrite=overwrite, resume=resume)  # before any work
+                                  identity, overwrite=overwrite, resume=resume,
+                                  keys=("done", "carry_over"))  # before any work
     done, saved_carry, trained = {}, None, None     # done: run key -> record
     if saved is not None:
         done, saved_carry = saved["done"], saved["carry_over"]

@@ -130,11 +130,12 @@ PARTIAL = "partial.json"
 
 
 def open_run_dir(path: str | os.PathLike, identity: dict, overwrite: bool = False,
-                 resume: bool = False) -> tuple[Path, dict | None]:
+                 resume: bool = False, keys: tuple[str, ...] = ("done",)) -> tuple[Path, dict | None]:
     """(the output folder, the saved state of the interrupted run to continue, or None).
 
-    resume=True needs an interrupted run with the same identity; resume=False refuses a
-    folder holding an interrupted run (say --resume or --overwrite) or an earlier run's files.
+    resume=True needs an interrupted run with the same identity, whose saved state holds
+    `keys`; resume=False refuses a folder holding an interrupted run (say --resume or
+    --overwrite) or an earlier run's files.
     """
     path = Path(path)
     partial = path / PARTIAL
@@ -149,11 +150,21 @@ def open_run_dir(path: str | os.PathLike, identity: dict, overwrite: bool = Fals
     if not partial.is_file():
         raise FileNotFoundError(f"nothing to resume: no {PARTIAL} in {path} (an interrupted run "
                                 f"keeps what it has done there)")
-    saved = json.loads(partial.read_text())
+    try:
+        saved = json.loads(partial.read_text())
+    except ValueError as err:  # truncated or hand-edited
+        raise UnreadableFileError(f"{partial} is not a readable record of an interrupted run: "
+                                  f"{err}; start afresh with --overwrite") from err
+    if not isinstance(saved, dict):
+        saved = {"identity": None}
     if saved.get("identity") != json.loads(json.dumps(identity, default=str)):
         raise ValueError(f"{partial} is from a run with other settings (another experiment, "
                          f"profile or plan); resume it with the same options, or start afresh "
                          f"with --overwrite")
+    missing = [k for k in keys if k not in saved]
+    if missing:
+        raise UnreadableFileError(f"{partial} is not a readable record of an interrupted run: it "
+                                  f"lacks {', '.join(missing)}; start afresh with --overwrite")
     return path, saved
 
 

@@ -1,5 +1,5 @@
 """The latency benchmark (duat.bench): well-formed records, clear refusals, the roofline's
-FLOP count. Nothing here asserts a timing: the issue's targets are read off a run's output."""
+FLOP count. Nothing here asserts a timing: the kit's targets are read off a run's output."""
 import math
 
 import pytest

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from duat import experiments as ex
+from duat.locations import RESULTS_ENV
 from duat.cli import main
 from duat.registry import create_model
 
@@ -83,7 +84,7 @@ def test_plan_needs_epochs_or_steps():
 # ----------------------------------------------------------------------------- running
 
 def test_tiny_run_writes_complete_records_and_refuses_to_overwrite(tiny, tmp_path, monkeypatch):
-    monkeypatch.setenv(ex.RESULTS_ENV, str(tmp_path))   # the default folder: $DUAT_RESULTS/<name>
+    monkeypatch.setenv(RESULTS_ENV, str(tmp_path))   # the default folder: $DUAT_RESULTS/<name>
     results = run_tiny(tiny, None)
     out = tmp_path / tiny
     assert results["out"] == str(out)
@@ -140,7 +141,7 @@ def test_run_options_are_checked(tiny, tmp_path):
 
 
 def test_limit_runs_a_slice_without_writing(tiny, tmp_path, monkeypatch):
-    monkeypatch.setenv(ex.RESULTS_ENV, str(tmp_path))
+    monkeypatch.setenv(RESULTS_ENV, str(tmp_path))
     results = run_tiny(tiny, None, write=False, limit=lambda r: r["model"] == "pf-1-2" and r["seed"] == 1)
     assert [(r["model"], r["seed"]) for r in results["records"]] == [("pf-1-2", 1)]
     assert "out" not in results and not any(tmp_path.iterdir())
@@ -223,7 +224,7 @@ def test_every_experiment_has_a_plot_and_a_table(name):
 
 
 def test_load_results_explains_what_is_missing(tmp_path, monkeypatch):
-    monkeypatch.setenv(ex.RESULTS_ENV, str(tmp_path))
+    monkeypatch.setenv(RESULTS_ENV, str(tmp_path))
     with pytest.raises(FileNotFoundError, match="duat reproduce data-scale --quick"):
         ex.load_results("data-scale")
 
@@ -288,7 +289,7 @@ def test_cli_runs_refuses_overwrite_and_compares(tiny, tmp_path, capsys):
 
 
 def test_cli_compare_without_out_does_not_clash_with_the_reference(tiny, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv(ex.RESULTS_ENV, str(tmp_path))
+    monkeypatch.setenv(RESULTS_ENV, str(tmp_path))
     (tmp_path / tiny).mkdir()
     (tmp_path / tiny / "results.json").write_text(json.dumps({"summary": []}))
     assert main(["reproduce", tiny, "--quick", "--compare", tiny]) == 2
@@ -299,7 +300,7 @@ def test_cli_compare_without_out_does_not_clash_with_the_reference(tiny, tmp_pat
 
 @pytest.mark.parametrize("name", NAMES)
 def test_committed_quick_results_agree_with_their_records(name, monkeypatch):
-    monkeypatch.delenv(ex.RESULTS_ENV, raising=False)
+    monkeypatch.delenv(RESULTS_ENV, raising=False)
     path = ROOT / "duat" / "results" / name / "results.json"   # committed, shipped as package data
     assert path.is_file(), f"no committed results for {name}"
     assert ex.load_results(name) == json.loads(path.read_text())  # by name: the committed ones

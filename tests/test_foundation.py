@@ -191,3 +191,17 @@ def test_open_run_dir_resumes_only_the_same_unfinished_run(tmp_path):
     assert sorted(p.name for p in run.iterdir()) == ["results.json"]
     with pytest.raises(FileExistsError, match="finished run"):
         storage.open_run_dir(run, ident, resume=True)
+
+
+@pytest.mark.parametrize("text,kind,why", [
+    ('{"identity": {"plan": [1]}, "do', storage.UnreadableFileError, "not a readable record"),
+    ('{"identity": {"plan": [1]}}', storage.UnreadableFileError, "it lacks done"),
+    ('[1, 2]', ValueError, "other settings")])
+def test_open_run_dir_refuses_a_damaged_record_in_one_line(tmp_path, text, kind, why):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / storage.PARTIAL).write_text(text)
+    with pytest.raises(kind, match=why) as err:
+        storage.open_run_dir(run, {"plan": [1]}, resume=True)
+    assert "\n" not in str(err.value) and "--overwrite" in str(err.value)
+    assert (run / storage.PARTIAL).read_text() == text          # nothing lost

@@ -97,6 +97,19 @@ def test_duat_train_resume_refuses_a_truncated_checkpoint(tmp_path, capsys):
     assert "it is truncated or corrupt" in err
 
 
+def test_duat_train_resume_refuses_a_checkpoint_that_lacks_a_part(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train_cli("--model", "vit-1", "--epochs", "1", "--out", str(out)) == 0
+    ckpt = out / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=True)
+    del state["optimizer_state"]
+    torch.save(state, ckpt)
+    capsys.readouterr()
+    err = one_error_line(capsys, train_cli("--model", "vit-1", "--epochs", "2", "--out", str(out),
+                                           "--resume"), "train")
+    assert f"{ckpt} is an incomplete duat checkpoint: it lacks optimizer_state" in err
+
+
 def resumable_finetune_folder(out, **options):
     """An interrupted finetune run as run_experiment leaves it: partial.json with the run's
     identity (the spec the CLI options below make) and no runs done yet."""

@@ -6,7 +6,7 @@
 
 - duat.bench.harness: the models, the timing (CUDA events / perf_counter, CUDA graphs,
   torch.compile), the matmul peak, run_benchmark.
-- duat.bench.report: the table, the issue's targets, results.json / .csv / .png, the plot,
+- duat.bench.report: the table, the kit's targets, results.json / .csv / .png, the plot,
   comparing a rerun with a saved run, and finding saved runs (results_root: the committed
   ones, which ship with the kit; run_roots, list_runs, latest_run, load_results).
 - duat.bench.cli: the `duat bench` command (`add_arguments`, `run`, re-exported here).

@@ -1,9 +1,9 @@
-"""Reading a benchmark's results: the table, the issue's targets, the files, the roofline plot.
+"""Reading a benchmark's results: the table, the kit's targets, the files, the roofline plot.
 
 A results dict (duat.bench.run_benchmark) is saved as results.json (everything, with the
 raw per-call times), results.csv (one row per case, no raw times) and
 latency_vs_layers.png (latency against L with the FLOP-bound line, and the achieved
-fraction of the matmul peak). The targets are those of the benchmark's issue: they are
+fraction of the matmul peak). The targets are the kit's own goals for the batched stage (not the paper's claims): they are
 checked here, on measured numbers, never in a timed unit test.
 """
 from __future__ import annotations
@@ -119,7 +119,7 @@ def _ratio(a: dict, b: dict) -> dict:
 
 
 def check_targets(results: dict, layers: int = 12) -> list[dict]:
-    """The issue's targets that this run's records can decide, each with its measured value.
+    """The kit's targets that this run's records can decide, each with its measured value.
 
     CPU (batch 1, at `layers`): Para-Former-1-L batched >= 1.5x faster than serial ViT-L,
     than the reference loop and than timm's block; its achieved FLOP/s >= 70 % of the

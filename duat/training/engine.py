@@ -39,6 +39,8 @@ from duat.runtime import seed_everything, select_device
 from duat.storage import atomic_torch_save, load_tensors
 
 CHECKPOINT_FORMAT = "duat-checkpoint-1"
+# What fit() writes into every checkpoint and a resume reads back.
+CHECKPOINT_KEYS = ("model_state", "optimizer_state", "epoch", "step", "history", "rng")
 # Config fields that do not change the weights' layout: a checkpoint may differ in these.
 _LAYOUT_FREE = ("dropout", "attn_dropout", "debug_checks")
 
@@ -172,12 +174,13 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None,
     or one written by a different architecture.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
     state = load_tensors(path, "duat checkpoint (a file written by `duat train` or "
                                "duat.training.fit)", map_location=map_location)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a duat checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"{path} is an incomplete duat checkpoint: it lacks {', '.join(missing)}")
     if model is not None:
         check_compatible(state, model, path)
         model.load_state_dict(state["model_state"])

@@ -231,7 +231,7 @@ class DepthWidthExplorer:
 
     def _time_both(self) -> list[dict] | None:
         """The two records, timed by the benchmark's own loop; None (and a message) on error."""
-        from duat.bench.harness import BenchSpec, Case, time_cases, make_callable, summarize
+        from duat.bench.harness import BenchSpec, Case, make_callable, summarize, time_cases
 
         s = self.state
         device = torch.device(s["device"])
