@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> (module that implements it, one-line help). Modules are imported on demand.
@@ -72,6 +73,10 @@ USAGE_ERRORS = (ValueError, TypeError, FileExistsError, FileNotFoundError, NotAD
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # The command line writes figures to files, never to windows: matplotlib draws with Agg
+    # unless the user chose a backend (or pyplot is already in use, e.g. in a notebook).
+    if "matplotlib.pyplot" not in sys.modules:
+        os.environ.setdefault("MPLBACKEND", "Agg")
     parser = build_parser(argv)
     args = parser.parse_args(argv)  # exits 2 with usage on unknown commands or options
     try:

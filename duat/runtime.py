@@ -1,15 +1,18 @@
 """Runtime helpers every other module needs: device choice, seeding, the PROFILE switch,
-and a description of the environment (`duat info`).
+the thread count (`threads`), and the one description of the environment that `duat info`,
+every result record and every benchmark carry (`environment_info`).
 
 torch is imported inside the functions, so `import duat.runtime` stays cheap.
 """
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
 import platform
 import random
 import sys
-from typing import Any
+from typing import Any, Iterator
 
 PROFILES = ("quick", "full")
 PROFILE_ENV = "DUAT_PROFILE"
@@ -131,13 +134,15 @@ def _version(module_name: str) -> str | None:
         return None
 
 
-def environment_info() -> dict[str, Any]:
-    """Versions, device and threads: what a benchmark or result record should carry."""
+def environment_info(device=None) -> dict[str, Any]:
+    """Versions, device, threads and date: what `duat info`, a result record and a benchmark
+    carry (one set of keys for the same facts). `device`: the one used (default: the one
+    select_device picks)."""
     import torch
 
     from duat import __version__
 
-    device = select_device()
+    device = select_device() if device is None else torch.device(device)
     info: dict[str, Any] = {
         "duat": __version__,
         "python": sys.version.split()[0],
@@ -150,12 +155,33 @@ def environment_info() -> dict[str, Any]:
         "available_devices": available_devices(),
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
         "cuda": torch.version.cuda,
         "cuda_devices": torch.cuda.device_count() if torch.cuda.is_available() else 0,
         "profile": profile(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     return info
+
+
+# ----------------------------------------------------------------------------- threads
+
+@contextlib.contextmanager
+def threads(n: int | None) -> Iterator[int]:
+    """Run the block with torch using `n` intra-op threads (None: leave the count as it is),
+    and restore the earlier count afterwards, also on error. Yields the count in force."""
+    import torch
+
+    from duat.checks import whole
+
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(whole("threads", n))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(old)
 
 
 def format_info(info: dict[str, Any]) -> str:

@@ -8,11 +8,13 @@ unless the caller says `overwrite=True`. What is read back is read safely: `load
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 
 def _umask() -> int:
@@ -93,12 +95,69 @@ def load_tensors(path: str | os.PathLike, what: str, map_location: Any = "cpu") 
 
 def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> Path:
     """matplotlib's savefig through a temporary file and a rename."""
-    import io
-
     path = Path(path)
     buffer = io.BytesIO()
     fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", **kwargs)
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_figure(fig, path: str | os.PathLike, **kwargs) -> Path:
+    """Save a matplotlib figure atomically (dpi 120 unless told) and close it: a figure
+    written to a file is done with. (The command line draws with the Agg backend: files,
+    not windows; see duat.cli.)"""
+    import matplotlib.pyplot as plt
+
+    kwargs.setdefault("dpi", 120)
+    try:
+        return atomic_savefig(fig, path, **kwargs)
+    finally:
+        plt.close(fig)
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[dict], columns: Sequence[str] | None = None,
+              float_format: str | None = None) -> Path:
+    """Rows of scalars as CSV, atomically. Columns: `columns`, or every key in order of first
+    appearance; values that are dicts are skipped, lists and tuples become 'a;b;c'; floats are
+    written with `float_format` (e.g. ".6g"; None: Python's shortest repr)."""
+    if columns is None:
+        columns = []
+        for row in rows:
+            columns += [k for k, v in row.items() if k not in columns and not isinstance(v, dict)]
+
+    def cell(v):
+        if isinstance(v, (list, tuple)):
+            return ";".join(map(str, v))
+        if float_format is not None and isinstance(v, float):
+            return format(v, float_format)
+        return v
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: cell(v) for k, v in row.items() if k in columns})
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def read_results(path: str | os.PathLike, hint: str, keys: Sequence[str] = ()) -> dict:
+    """A finished run's results.json (`path`: the file or its folder). A missing file is a
+    FileNotFoundError ending in `hint` (how to make or find one); a file that is not JSON or
+    lacks one of `keys` is an UnreadableFileError."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no results at {path}: {hint}")
+    try:
+        results = json.loads(path.read_text())
+    except ValueError as err:
+        raise UnreadableFileError(f"{path} is not a readable results file: {err}") from err
+    missing = [k for k in keys if not isinstance(results, dict) or k not in results]
+    if missing:
+        raise UnreadableFileError(f"{path} is not a results file of this kind: no "
+                                  f"{', '.join(map(repr, missing))}")
+    return results
 
 
 def prepare_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
