@@ -227,9 +227,10 @@ def _pooled_and_logits(model, loader):
     """(pooled features (N, D), logits (N, K)) of a ParaFormer (or ResizeInput) over a loader."""
     import torch
 
-    from duat.transfer import ResizeInput, _paraformer
+    from duat.training.tuning import paraformer_in
+    from duat.transfer import ResizeInput
 
-    pf = _paraformer(model)
+    pf = paraformer_in(model)
     device = next(pf.parameters()).device
     feats, logits = [], []
     with torch.no_grad():
@@ -260,7 +261,8 @@ def carry_over(source, spec: FinetuneSpec, dataset: str, source_splits=None) -> 
     from duat.registry import parse_name
     from duat.runtime import seed_everything, select_device
     from duat.training import evaluate, fit
-    from duat.transfer import plan, steps_to_epochs, transfer
+    from duat.training.tuning import steps_to_epochs
+    from duat.transfer import plan, transfer
 
     size, data_size, channels = _target_shape(spec, source, dataset)
     device = select_device(spec.device)
@@ -315,7 +317,8 @@ def finetune_run(source, spec: FinetuneSpec, splits, layout: str, init: str, see
     from duat.registry import parse_name
     from duat.runtime import seed_everything
     from duat.training import evaluate, fit
-    from duat.transfer import fine_tune, steps_to_epochs, train_head, transfer
+    from duat.training.tuning import fine_tune, steps_to_epochs, train_head
+    from duat.transfer import transfer
     from duat.paraformer import ParaFormer
 
     if init not in INITS:

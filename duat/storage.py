@@ -61,6 +61,12 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
+# The kit's checkpoint file (written by duat.training.fit, read by it on resume and by
+# duat.transfer as a weight source): a dict with "format": CHECKPOINT_FORMAT and these keys.
+CHECKPOINT_FORMAT = "duat-checkpoint-1"
+CHECKPOINT_KEYS = ("model_state", "optimizer_state", "epoch", "step", "history", "rng")
+
+
 class UnreadableFileError(ValueError):
     """A file the kit reads back is not what it should be: one line naming the file, what
     was expected and why (duat.cli reports it as a usage error, status 2)."""

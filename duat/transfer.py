@@ -1,5 +1,5 @@
 """Starting Para-Former from a pre-trained serial ViT: weight sources, block transfer, new
-head, resized position embedding, freezing. PAPER.md section 5, claim 4 ("fine-tuning from
+head, resized position embedding. PAPER.md section 5, claim 4 ("fine-tuning from
 pre-trained ViT weights helps when data is limited").
 
 A serial ViT-L is Para-Former-L-1 (PAPER.md section 4), so its L trained blocks can fill
@@ -26,8 +26,8 @@ Three places the trained ViT can come from (`load_source`):
 
     source = load_source("ViT_B_16_Weights.IMAGENET1K_V1")       # ParaFormer(depth=12, width=1)
     model = transfer(source, "pf-3-4", num_classes=10, image_size=112)
-    freeze(model, "blocks")                 # or "embed", "all-but-head"; unfreeze(model)
-    fine_tune(model, train, val, TrainConfig(epochs=10), head_epochs=2)   # head first
+    # then freeze and fine-tune with duat.training.tuning: freeze(model, "blocks"),
+    # fine_tune(model, train, val, TrainConfig(epochs=10), head_epochs=2)
 
 The new model never shares tensors with the source. Different image sizes: the patch size
 is the source's (its filters are kept), the position embedding of the patch grid is
@@ -35,7 +35,6 @@ resampled bicubically and the class-token position is kept.
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import replace
@@ -50,10 +49,9 @@ from duat.convert import (assemble_state_dict, from_torchvision, load_state_dict
                           paraformer_parts, place_blocks, resample_pos_embed, resolve_layout,
                           torchvision_parts, vit_config)
 from duat.paraformer import ParaFormer, ParaFormerConfig
-from duat.storage import load_tensors
+from duat.storage import CHECKPOINT_FORMAT, load_tensors
 
 SELECTIONS = ("first", "last", "spread")
-FREEZE_PARTS = ("none", "embed", "blocks", "all-but-head")
 DEFAULT_WEIGHTS = "ViT_B_16_Weights.IMAGENET1K_V1"
 _WEIGHTS_NAME = re.compile(r"^[A-Za-z]\w*_Weights\.\w+$")
 
@@ -144,8 +142,6 @@ def torchvision_weights(weights, progress: bool = True) -> ParaFormer:
 def load_file(path: str | os.PathLike, *, arch=None, size: str = "tiny",
               **arch_options) -> ParaFormer:
     """Way 2 (a plain state dict, `arch` says its architecture) or way 3 (a kit checkpoint)."""
-    from duat.training.engine import CHECKPOINT_FORMAT
-
     path = Path(path)
     obj = load_tensors(path, "state dict or checkpoint (tensors saved by torch.save, or a file "
                              "written by `duat train`)")
@@ -277,8 +273,7 @@ def transfer(source: nn.Module, layout: str | tuple[int, int] | None = None, *,
              assignment: str = "stage-major", select: str | None = None,
              blocks: Sequence[int] | None = None, num_classes: int | None = None,
              new_head: bool | None = None, image_size: int | None = None,
-             in_channels: int | None = None, stage: str | None = None,
-             freeze: str | Sequence[str] | None = None) -> ParaFormer:
+             in_channels: int | None = None, stage: str | None = None) -> ParaFormer:
     """Para-Former-m-n built from a trained model's blocks (a ParaFormer, blocks taken
     stage-major, or a torchvision VisionTransformer).
 
@@ -291,7 +286,7 @@ def transfer(source: nn.Module, layout: str | tuple[int, int] | None = None, *,
         position embedding is resampled, the class-token position kept.
     in_channels: 1 from a colour source (the RGB filters summed) or 3 from a grey one
         (the filter repeated, divided by 3). stage: "batched" or "reference".
-    freeze: parts to freeze at once (see `freeze`).
+    To freeze parts of the result: duat.training.tuning.freeze.
     """
     if isinstance(source, ParaFormer):
         outer, block_states = paraformer_parts(source)
@@ -326,10 +321,7 @@ def transfer(source: nn.Module, layout: str | tuple[int, int] | None = None, *,
     config = ParaFormerConfig(**fields)
 
     outer = _adapt_outer(dict(outer), config, new_head, like)
-    model = _build(config, outer, block_states, placement, like).train(training)
-    if freeze is not None:
-        _freeze(model, freeze)
-    return model
+    return _build(config, outer, block_states, placement, like).train(training)
 
 
 def _adapt_outer(outer: dict, c: ParaFormerConfig, new_head: bool | None, like) -> dict:
@@ -368,62 +360,7 @@ def _build(config: ParaFormerConfig, outer: dict, block_states: list[dict], plac
     return model
 
 
-# ----------------------------------------------------------------------------- freezing
-
-def _paraformer(model: nn.Module) -> ParaFormer:
-    if isinstance(model, ParaFormer):
-        return model
-    for module in model.modules():          # e.g. inside ResizeInput or nn.Sequential
-        if isinstance(module, ParaFormer):
-            return module
-    raise TypeError(f"expected a ParaFormer (or a module holding one), got {type(model).__name__}")
-
-
-def part_of(name: str) -> str:
-    """'embed', 'blocks', 'norm' or 'head': which part a ParaFormer parameter belongs to."""
-    root = name.split(".")[0]
-    if root in ("patch_embed", "cls_token", "pos_embed"):
-        return "embed"
-    if root == "stages":
-        return "blocks"
-    if root in ("norm", "head"):
-        return root
-    raise ValueError(f"{name!r} is not a ParaFormer parameter name")
-
-
-def freeze(model: nn.Module, parts: str | Sequence[str] = "all-but-head") -> list[str]:
-    """Stop gradients to `parts`: "embed" (patch embedding, class token, position
-    embedding), "blocks" (every stage), "all-but-head" (all but the linear head), "none",
-    or a list of these. Other parameters are left as they are. Returns the frozen names."""
-    return _freeze(model, parts)
-
-
-def _freeze(model: nn.Module, parts) -> list[str]:
-    chosen = [parts] if isinstance(parts, str) else list(parts)
-    bad = [p for p in chosen if p not in FREEZE_PARTS]
-    if bad or not chosen:
-        raise ValueError(f"freeze takes parts from {FREEZE_PARTS}, got {parts!r}")
-    target = set()
-    for p in chosen:
-        target |= {"embed", "blocks", "norm"} if p == "all-but-head" else ({p} - {"none"})
-    frozen = []
-    for name, p in _paraformer(model).named_parameters():
-        if part_of(name) in target:
-            p.requires_grad_(False)
-            frozen.append(name)
-    return frozen
-
-
-def unfreeze(model: nn.Module) -> None:
-    for p in _paraformer(model).parameters():
-        p.requires_grad_(True)
-
-
-def frozen_parameters(model: nn.Module) -> list[str]:
-    return [name for name, p in _paraformer(model).named_parameters() if not p.requires_grad]
-
-
-# ----------------------------------------------------------------------------- fine-tuning
+# ----------------------------------------------------------------------------- input size
 
 class ResizeInput(nn.Module):
     """Images resized (bilinear) to the model's image_size before it: e.g. 32x32 CIFAR into a
@@ -439,50 +376,3 @@ class ResizeInput(nn.Module):
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
                               align_corners=False)
         return self.model(x)
-
-
-def train_head(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = None,
-               config=None, *, progress: bool = False, callbacks=()):
-    """Train only the linear head (everything else frozen, and left frozen) with
-    duat.training.fit; no warm-up. Returns its FitResult."""
-    from duat.training import TrainConfig, fit
-
-    config = config if config is not None else TrainConfig()
-    unfreeze(model)
-    _freeze(model, "all-but-head")
-    return fit(model, train_loader, val_loader, replace(config, warmup_epochs=0.0),
-               progress=progress, callbacks=callbacks)
-
-
-def fine_tune(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = None,
-              config=None, *, head_epochs: int = 0, head_lr: float | None = None,
-              freeze_parts: str | Sequence[str] | None = None, progress: bool = False,
-              callbacks=()) -> dict:
-    """Fine-tune with duat.training.fit, optionally head first.
-
-    head_epochs > 0: first train only the head (everything else frozen) for that many
-    epochs at head_lr (default config.lr, no warm-up); then unfreeze and train
-    config.epochs epochs with `freeze_parts` (if any) kept frozen.
-    Returns {"head": FitResult or None, "body": FitResult}.
-    """
-    from duat.training import TrainConfig, fit
-
-    config = config if config is not None else TrainConfig()
-    if not isinstance(head_epochs, int) or isinstance(head_epochs, bool) or head_epochs < 0:
-        raise ValueError(f"head_epochs must be an int >= 0, got {head_epochs!r}")
-    head = None
-    if head_epochs:
-        lr = head_lr or config.lr
-        head = train_head(model, train_loader, val_loader,
-                          replace(config, epochs=head_epochs, lr=lr, min_lr=min(config.min_lr, lr)),
-                          progress=progress, callbacks=callbacks)
-    unfreeze(model)
-    if freeze_parts is not None:
-        _freeze(model, freeze_parts)
-    body = fit(model, train_loader, val_loader, config, progress=progress, callbacks=callbacks)
-    return {"head": head, "body": body}
-
-
-def steps_to_epochs(steps: int, batches_per_epoch: int) -> int:
-    """Epochs needed for at least `steps` optimisation steps (at least one epoch)."""
-    return max(1, math.ceil(steps / max(1, batches_per_epoch)))

@@ -11,9 +11,9 @@ from torchvision.models import VisionTransformer
 from duat.convert import resample_pos_embed
 from duat.registry import create_model
 from duat.training import TrainConfig, fit
-from duat.transfer import (ResizeInput, WeightsUnavailableError, fine_tune, freeze,
-                           frozen_parameters, load_source, part_of, plan, select_blocks,
-                           steps_to_epochs, train_head, transfer, unfreeze)
+from duat.training.tuning import (fine_tune, freeze, frozen_parameters, part_of, steps_to_epochs,
+                                  train_head, unfreeze)
+from duat.transfer import ResizeInput, WeightsUnavailableError, load_source, plan, select_blocks, transfer
 
 TOL = 1e-5
 
@@ -243,7 +243,8 @@ def test_head_first_then_everything():
 
 
 def test_transfer_can_freeze_at_once():
-    model = transfer(kit_vit(2), freeze="all-but-head")
+    model = transfer(kit_vit(2))
+    freeze(model, "all-but-head")
     assert [n for n, p in model.named_parameters() if p.requires_grad] == ["head.weight", "head.bias"]
     with pytest.raises(ValueError, match="freeze takes parts"):
         freeze(model, "heads")

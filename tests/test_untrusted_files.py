@@ -19,7 +19,7 @@ from duat import storage
 from duat.cli import main
 from duat.finetune import EXPERIMENT, PARTIAL_SOURCE, make_spec
 from duat.storage import UnreadableFileError
-from duat.training.engine import CHECKPOINT_FORMAT
+from duat.storage import CHECKPOINT_FORMAT
 from duat.transfer import load_source
 
 from test_training import train_cli

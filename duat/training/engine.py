@@ -36,11 +36,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from duat.runtime import seed_everything, select_device
-from duat.storage import atomic_torch_save, load_tensors
+from duat.storage import CHECKPOINT_FORMAT, CHECKPOINT_KEYS, atomic_torch_save, load_tensors
 
-CHECKPOINT_FORMAT = "duat-checkpoint-1"
-# What fit() writes into every checkpoint and a resume reads back.
-CHECKPOINT_KEYS = ("model_state", "optimizer_state", "epoch", "step", "history", "rng")
 # Config fields that do not change the weights' layout: a checkpoint may differ in these.
 _LAYOUT_FREE = ("dropout", "attn_dropout", "debug_checks")
 
