@@ -73,12 +73,14 @@ USAGE_ERRORS = (ValueError, TypeError, FileExistsError, FileNotFoundError, NotAD
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # The command line writes figures to files, never to windows: matplotlib draws with Agg
-    # unless the user chose a backend (or pyplot is already in use, e.g. in a notebook).
-    if "matplotlib.pyplot" not in sys.modules:
-        os.environ.setdefault("MPLBACKEND", "Agg")
     parser = build_parser(argv)
     args = parser.parse_args(argv)  # exits 2 with usage on unknown commands or options
+    # The command line writes figures to files, never to windows: matplotlib draws with Agg
+    # unless the user chose a backend. Only for this call: a caller's later processes
+    # (e.g. notebook kernels started by the same Python) keep their own default.
+    chose_backend = "MPLBACKEND" not in os.environ and "matplotlib" not in sys.modules
+    if chose_backend:
+        os.environ["MPLBACKEND"] = "Agg"
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
@@ -87,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     except USAGE_ERRORS as err:  # bad input met past the parser: one line, status 2
         print(f"duat {args.command}: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if chose_backend:
+            os.environ.pop("MPLBACKEND", None)
 
 
 if __name__ == "__main__":
