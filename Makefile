@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.duat-installed
 PORT   ?= 8888
 
-.PHONY: lab test venv unit notebooks notebooks-other-cpus bench clean-venv
+.PHONY: lab test venv lint unit notebooks notebooks-other-cpus bench clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,12 @@ SCALAR_KERNELS := ATEN_CPU_CAPABILITY=default MKL_CBWR=COMPATIBLE ONEDNN_MAX_CPU
 AVX2_KERNELS   := ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
 HAS_AVX2       := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo yes)
 
+# The layering of pyproject.toml's [tool.importlinter]: imports point down only, no circles.
+lint: $(STAMP)
+	$(BIN)/lint-imports --no-cache
+
 # Quick profile for tests (the notebooks read DUAT_PROFILE; 'full' is opt-in).
-test: $(STAMP)
+test: lint
 	DUAT_PROFILE=quick $(BIN)/python -m pytest --nbval tests notebooks
 	$(MAKE) --no-print-directory notebooks-other-cpus
 

@@ -1,6 +1,6 @@
 """duat: Dynamic Universal Approximation Theory and the parallel Transformer Para-Former.
 
-A small teaching and exploration kit (see ../shared/PAPER.md for the method). The package
+A small teaching and exploration kit (see docs/method.md for the method). The package
 is laid out by idea, one module per idea:
 
     duat.runtime   device selection, seeding, the quick/full PROFILE switch, versions

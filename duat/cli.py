@@ -73,14 +73,23 @@ USAGE_ERRORS = (ValueError, TypeError, FileExistsError, FileNotFoundError, NotAD
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)  # exits 2 with usage on unknown commands or options
     # The command line writes figures to files, never to windows: matplotlib draws with Agg
-    # unless the user chose a backend. Only for this call: a caller's later processes
-    # (e.g. notebook kernels started by the same Python) keep their own default.
+    # unless the user chose a backend. Set before the subcommand's module (which may import
+    # matplotlib) is loaded, and only for this call: a caller's later processes (e.g.
+    # notebook kernels started by the same Python) keep their own default.
     chose_backend = "MPLBACKEND" not in os.environ and "matplotlib" not in sys.modules
     if chose_backend:
         os.environ["MPLBACKEND"] = "Agg"
+    try:
+        parser = build_parser(argv)
+        args = parser.parse_args(argv)  # exits 2 with usage on unknown commands or options
+        return _run(args)
+    finally:
+        if chose_backend:
+            os.environ.pop("MPLBACKEND", None)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
@@ -89,9 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     except USAGE_ERRORS as err:  # bad input met past the parser: one line, status 2
         print(f"duat {args.command}: error: {err}", file=sys.stderr)
         return 2
-    finally:
-        if chose_backend:
-            os.environ.pop("MPLBACKEND", None)
+    except RuntimeError as err:
+        if type(err).__name__ != "OutOfMemoryError":  # torch's; any other is a bug: traceback
+            raise
+        print(f"duat {args.command}: error: the device ran out of memory ({err}); "
+              f"try a smaller batch or model", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -7,6 +7,10 @@ count in the tests (`measured_flops`).
 """
 from __future__ import annotations
 
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
 from duat.paraformer import ParaFormerConfig
 
 
@@ -49,10 +53,6 @@ def measured_flops(model, x) -> int:
     Attention runs on PyTorch's math backend here, so its two matrix products are seen by
     the counter on every device.
     """
-    import torch
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(x)
     return counter.get_total_flops()

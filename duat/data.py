@@ -1,6 +1,6 @@
 """Image classification data for training Para-Former: one loader API over five datasets.
 
-PAPER.md section 5 reports accuracy against the number of parallel layers, and says that
+docs/method.md section 5 reports accuracy against the number of parallel layers, and says that
 data *scale* and *diversity* strongly influence it. This module gives every experiment the
 same data path:
 
@@ -34,6 +34,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+import torchvision.datasets as tvd
+from sklearn.datasets import load_digits
+
+from duat.checks import real, whole
 
 DATA_ENV = "DUAT_DATA"
 DEFAULT_ROOT = "data"
@@ -90,8 +94,6 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
 # ----------------------------------------------------------------------------- raw arrays
 
 def _load_digits() -> tuple[torch.Tensor, torch.Tensor, float]:
-    from sklearn.datasets import load_digits
-
     bunch = load_digits()
     images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1)  # (N, 1, 8, 8), 0..16
     labels = torch.tensor(bunch.target, dtype=torch.int64)
@@ -99,8 +101,6 @@ def _load_digits() -> tuple[torch.Tensor, torch.Tensor, float]:
 
 
 def _load_torchvision(info: DatasetInfo, root: Path, train: bool, download: bool):
-    import torchvision.datasets as tvd
-
     cls = getattr(tvd, info.torchvision)
     folder = _expected_folder(info, root)
     try:
@@ -163,8 +163,7 @@ def subset_indices(labels, *, fraction: float | None = None, per_class: int | No
         _check_fraction(fraction)
     counts = {int(c): int((labels == c).sum()) for c in np.unique(labels)}
     if per_class is not None:
-        if not isinstance(per_class, (int, np.integer)) or isinstance(per_class, bool) or per_class < 1:
-            raise ValueError(f"per_class must be a positive int, got {per_class!r}")
+        per_class = whole("per_class", per_class)
         smallest = min(counts.values())
         if per_class > smallest:
             raise ValueError(f"per_class={per_class} is more than the smallest class holds "
@@ -185,15 +184,12 @@ def subset_indices(labels, *, fraction: float | None = None, per_class: int | No
 
 
 def _check_fraction(fraction) -> None:
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating)) \
-            or not math.isfinite(fraction) or not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be a number in (0, 1], got {fraction!r}")
+    real("fraction", fraction, 0, 1, low_open=True)
 
 
 def choose_classes(total: int, num_classes: int, seed: int) -> list[int]:
     """`num_classes` distinct class ids out of range(total), chosen by `seed` (sorted)."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
-        raise ValueError(f"num_classes must be an int, got {num_classes!r}")
+    num_classes = whole("num_classes", num_classes, minimum=None)
     if not 2 <= num_classes <= total:
         raise ValueError(f"num_classes={num_classes} is not possible: the dataset has {total} "
                          f"classes; expected 2 <= num_classes <= {total}")
@@ -272,8 +268,7 @@ class BatchLoader:
 
     def __init__(self, dataset: TensorImages, batch_size: int, *, shuffle: bool = False,
                  seed: int = 0, drop_last: bool = False):
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        batch_size = whole("batch_size", batch_size)
         if len(dataset) == 0:
             raise ValueError("cannot make batches from an empty dataset")
         self.dataset, self.batch_size = dataset, batch_size
@@ -344,11 +339,8 @@ def load_data(name: str = "digits", *, root: str | os.PathLike | None = None,
     augment: random crop + flip on the training split (default: on for the 32x32 sets).
     """
     info = dataset_info(name)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
-            or not 0.0 < val_fraction < 0.5:
-        raise ValueError(f"val_fraction must be a number in (0, 0.5), got {val_fraction!r}")
+    whole("seed", seed, minimum=0)
+    real("val_fraction", val_fraction, 0, 0.5, low_open=True, high_open=True)
     if fraction is not None:
         _check_fraction(fraction)
     if num_classes is not None and classes is not None:

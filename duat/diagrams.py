@@ -1,15 +1,20 @@
-"""Drawings of Para-Former-m-n (PAPER.md section 4), made of matplotlib patches and arrows.
+"""Drawings of Para-Former-m-n (docs/method.md section 4), made of matplotlib patches and arrows.
 
     draw_paraformer(m, n)               one layout on one axis, read from bottom to top
     draw_layouts([(4, 1), (1, 4), ...]) several layouts side by side, on one vertical scale
 
 Each box is one encoder layer f_l (attention then MLP, each with its norm), coloured and
 numbered by l, so the same twelve layers can be followed from the serial ViT (m = L, n = 1)
-to any m x n layout (`placement`, e.g. from duat.convert.place_blocks). Every stage reads
+to any m x n layout (`placement`, e.g. from duat.transfer.place_blocks). Every stage reads
 one input x, sends it through its n boxes side by side and adds x and their n updates
-(the circle): y = x + sum_i f_i(x). matplotlib is imported inside the functions.
+(the circle): y = x + sum_i f_i(x).
 """
 from __future__ import annotations
+
+import matplotlib.pyplot as plt
+from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch
+
+from duat.checks import whole
 
 MAX_SIDE = 16          # more stages or branches than this do not fit a readable drawing
 STAGE_HEIGHT = 2.4     # vertical units per stage
@@ -17,14 +22,13 @@ BOX_W, BOX_H, GAP = 1.0, 0.8, 0.3
 
 
 def _check_layout(depth, width, placement):
-    for name, v in (("depth (m)", depth), ("width (n)", width)):
-        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= MAX_SIDE:
-            raise ValueError(f"{name} must be an int in [1, {MAX_SIDE}] to draw, got {v!r}")
+    whole("depth (m)", depth, 1, MAX_SIDE)  # more do not fit a readable drawing
+    whole("width (n)", width, 1, MAX_SIDE)
     if placement is None:
         return [[s * width + i for i in range(width)] for s in range(depth)]
     if len(placement) != depth or any(len(row) != width for row in placement):
         raise ValueError(f"placement must be {depth} rows of {width} block indices "
-                         f"(duat.convert.place_blocks), got {placement!r}")
+                         f"(duat.transfer.place_blocks), got {placement!r}")
     return [list(row) for row in placement]
 
 
@@ -35,9 +39,6 @@ def draw_paraformer(depth: int, width: int, ax=None, placement=None, title: str 
     placement[s][i]: the layer index shown (and coloured) in stage s, branch i; default
     stage-major numbering. num_blocks sets the colour scale (default m * n).
     """
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch
-
     placement = _check_layout(depth, width, placement)
     L = num_blocks or max(max(row) for row in placement) + 1
     cmap = plt.get_cmap("viridis")
@@ -102,8 +103,6 @@ def draw_layouts(layouts, placements=None, titles=None, figsize=None):
 
     placements, titles: None, or one per layout (None entries allowed).
     """
-    import matplotlib.pyplot as plt
-
     layouts = list(layouts)
     if not layouts:
         raise ValueError("layouts must list at least one (depth, width) pair")

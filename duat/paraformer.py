@@ -1,6 +1,6 @@
 """Para-Former-m-n: m serial stages, each of n parallel Transformer encoder layers.
 
-The method is PAPER.md section 4. One stage computes, from a single input x,
+The method is docs/method.md section 4. One stage computes, from a single input x,
 
     y = x + sum_{i=1..n} f_i(x),    f_i(x) = a_i + MLP_i(LN2_i(x + a_i)),  a_i = Attn_i(LN1_i(x))
 
@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from duat.checks import whole
+
 POOLS = ("cls", "mean")
 STAGES = ("batched", "reference")
 
@@ -54,9 +56,8 @@ class ParaFormerConfig:
 
     def __post_init__(self):
         for name in ("image_size", "patch_size", "in_channels", "num_classes", "dim", "heads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            setattr(self, name, whole(name, getattr(self, name)))
+        # m and n keep their own wording, "an int >= 1", which duat.convert shares
         for name, letter in (("depth", "m"), ("width", "n")):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -1,7 +1,7 @@
 """Named model configurations: `create_model("pf-1-8")`, `create_model("vit-12")`.
 
 A name is "vit-L" (the serial ViT with L layers, i.e. Para-Former-L-1) or "pf-m-n"
-(Para-Former with m stages of n parallel layers; PAPER.md section 4). A size preset sets
+(Para-Former with m stages of n parallel layers; docs/method.md section 4). A size preset sets
 the token width; the input (image size, channels, classes) defaults to the bundled 8x8
 digits and is overridden by keyword, as is any other ParaFormerConfig field.
 """

@@ -1,19 +1,27 @@
-"""Starting Para-Former from a pre-trained serial ViT: weight sources, block transfer, new
-head, resized position embedding. PAPER.md section 5, claim 4 ("fine-tuning from
-pre-trained ViT weights helps when data is limited").
+"""Para-Former from trained blocks: weight sources, block placement, and the one builder
+(new head, resized position embedding, adapted patch filters). docs/method.md section 5, claim 4
+("fine-tuning from pre-trained ViT weights helps when data is limited").
 
-A serial ViT-L is Para-Former-L-1 (PAPER.md section 4), so its L trained blocks can fill
-any Para-Former-m-n with m * n = L. Where block l goes is the rule of duat.convert:
+A serial ViT-L is Para-Former-L-1 (docs/method.md section 4; duat.convert holds the exact
+correspondence with torchvision), so its L trained blocks can fill any Para-Former-m-n with
+m * n = L. Where block k goes is a rule, `assignment` (k runs over the blocks used):
 
-    assignment="stage-major" (default)  consecutive blocks share a stage: stage s holds
-        blocks s*n .. s*n + n-1, so early blocks stay early. With n = 1 this is the ViT.
-    assignment="strided"                stage s holds blocks s, s+m, s+2m, ...
+    "stage-major" (default)  k -> stage k // n, branch k % n: consecutive blocks share a
+                             stage (stage s holds blocks s*n .. s*n + n-1), so early blocks
+                             stay early. With n = 1 this is the ViT.
+    "strided"                k -> stage k % m, branch k // m: stage s holds s, s+m, s+2m, ...
 
 If m * n != L a selection rule must say which m * n blocks to use, explicitly:
 
     select="first"   blocks 0 .. m*n-1         select="last"  the last m*n blocks
     select="spread"  m*n blocks evenly spaced from the first to the last
     blocks=[...]     any list of m*n block indices (repeats allowed)
+
+    plan(L, m, n, assignment, select, blocks)  -> placement[stage][branch] = source block
+    transfer(source, "pf-m-n", ...)            -> ParaFormer from a ParaFormer or a torchvision
+                                                  ViT (also: a ParaFormer's blocks re-laid out)
+    from_torchvision(vit, depth, width, ...)   -> ParaFormer from a torchvision ViT, with its
+                                                  dropout and other options kept or overridden
 
 Three places the trained ViT can come from (`load_source`):
 
@@ -29,26 +37,32 @@ Three places the trained ViT can come from (`load_source`):
     # then freeze and fine-tune with duat.training.tuning: freeze(model, "blocks"),
     # fine_tune(model, train, val, TrainConfig(epochs=10), head_epochs=2)
 
-The new model never shares tensors with the source. Different image sizes: the patch size
+The new model never shares tensors with the source. A new head is drawn as ParaFormer
+draws its own (truncated normal, std 0.02; bias 0). Different image sizes: the patch size
 is the source's (its filters are kept), the position embedding of the patch grid is
-resampled bicubically and the class-token position is kept.
+resampled bicubically and the class-token position is kept. Grey from colour: the RGB
+filters are summed; colour from grey: the filter is repeated and divided by 3.
 """
 from __future__ import annotations
 
+import numbers
 import os
 import re
-from dataclasses import replace
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
+from urllib.parse import urlparse
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torchvision.models as tvm
+from torchvision.models import VisionTransformer, WeightsEnum
 
-from duat.convert import (assemble_state_dict, from_torchvision, load_state_dict_checked,
-                          paraformer_parts, place_blocks, resample_pos_embed, resolve_layout,
+from duat.checks import one_of, whole
+from duat.convert import (ASSIGNMENTS, load_state_dict_checked, paraformer_parts, resample_pos_embed,
                           torchvision_parts, vit_config)
-from duat.paraformer import ParaFormer, ParaFormerConfig
+from duat.paraformer import _STACKED, ParaFormer, ParaFormerConfig
+from duat.registry import create_model, parse_name
 from duat.storage import CHECKPOINT_FORMAT, load_tensors
 
 SELECTIONS = ("first", "last", "spread")
@@ -88,8 +102,6 @@ def load_source(source, *, arch=None, size: str = "tiny", progress: bool = True,
     if source is None or (isinstance(source, str) and not source.strip()):
         raise WeightsUnavailableError(three_ways("no source of pre-trained weights was given"))
     if not isinstance(source, (str, os.PathLike)):
-        from torchvision.models import WeightsEnum
-
         if isinstance(source, WeightsEnum):
             return torchvision_weights(source, progress=progress)
         raise TypeError(f"source must be a weights name, a file path or a model, "
@@ -105,8 +117,6 @@ def load_source(source, *, arch=None, size: str = "tiny", progress: bool = True,
 
 def torchvision_weights(weights, progress: bool = True) -> ParaFormer:
     """Way 1: torchvision's named ViT weights as Para-Former-L-1 (downloaded once, cached)."""
-    import torchvision.models as tvm
-
     try:
         w = tvm.get_weight(weights) if isinstance(weights, str) else weights
     except (ValueError, KeyError) as err:
@@ -118,8 +128,6 @@ def torchvision_weights(weights, progress: bool = True) -> ParaFormer:
                          f"torchvision's ViT_*_Weights")
     # First the weights (offline: fail before building the model). torch.hub's cache, as
     # torchvision's get_state_dict uses it, but read by load_tensors: a planted file runs no code.
-    from urllib.parse import urlparse
-
     name = f"{type(w).__name__}.{w.name}"
     file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(w.url).path)
     if not file.is_file():
@@ -193,13 +201,9 @@ def _architecture(arch, size: str, **options) -> nn.Module:
         return arch
     if not isinstance(arch, str):
         raise TypeError(f"arch must be a model name or a model, got {type(arch).__name__}")
-    import torchvision.models as tvm
-
     vits = [m for m in tvm.list_models(module=tvm) if m.startswith("vit_")]
     if arch in vits:
         return tvm.get_model(arch, weights=None, **options)
-    from duat.registry import create_model
-
     try:
         return create_model(arch, size=size, **options)
     except ValueError as err:
@@ -213,13 +217,50 @@ def _arch_name(arch) -> str:
 
 # ----------------------------------------------------------------------------- placement
 
+def _size(name: str, value) -> int:
+    """A layout size m or n. (Worded "an int >= 1", as the placement tests expect, where
+    duat.checks.whole would say "a positive int".)"""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1:
+        return int(value)
+    raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
+def place_blocks(num_layers: int, depth: int, width: int, assignment: str = "stage-major",
+                 blocks: Sequence[int] | None = None) -> list[list[int]]:
+    """placement[s][i]: the index of the source block that becomes branch i of stage s.
+
+    `blocks` (default range(num_layers)) is the sequence of m*n source blocks; item k of it
+    goes to (k // n, k % n) for "stage-major" and to (k % m, k // m) for "strided".
+    """
+    L = whole("num_layers", num_layers)
+    m, n = _size("depth (m)", depth), _size("width (n)", width)
+    one_of("assignment", assignment, ASSIGNMENTS)
+    if blocks is None:
+        if m * n != L:
+            raise ValueError(f"a {m} x {n} layout holds m*n = {m * n} blocks but the source has "
+                             f"{L}; choose m*n = {L}, or pass blocks=[...] with {m * n} indices")
+        blocks = list(range(L))
+    else:
+        if isinstance(blocks, (str, bytes)) or not hasattr(blocks, "__len__"):
+            raise TypeError(f"blocks must be a sequence of block indices, got {type(blocks).__name__}")
+        blocks = list(blocks)
+        if len(blocks) != m * n:
+            raise ValueError(f"blocks has {len(blocks)} indices; a {m} x {n} layout needs "
+                             f"m*n = {m * n}")
+        for b in blocks:
+            if not isinstance(b, numbers.Integral) or isinstance(b, bool) or not 0 <= b < L:
+                raise ValueError(f"block index {b!r} is not an int in [0, {L})")
+    placement = [[-1] * n for _ in range(m)]
+    for k, b in enumerate(blocks):
+        s, i = (k // n, k % n) if assignment == "stage-major" else (k % m, k // m)
+        placement[s][i] = int(b)
+    return placement
+
+
 def select_blocks(num_layers: int, count: int, rule: str) -> list[int]:
     """Which `count` of `num_layers` source blocks to keep: "first", "last" or "spread"."""
-    if rule not in SELECTIONS:
-        raise ValueError(f"select must be one of {SELECTIONS}, got {rule!r}")
-    for name, v in (("num_layers", num_layers), ("count", count)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    one_of("select", rule, SELECTIONS)
+    num_layers, count = whole("num_layers", num_layers), whole("count", count)
     if count > num_layers:
         raise ValueError(f"select={rule!r} keeps m*n = {count} of the {num_layers} source blocks: "
                          f"it needs m*n <= {num_layers}; pass blocks=[...] to repeat blocks")
@@ -232,26 +273,44 @@ def select_blocks(num_layers: int, count: int, rule: str) -> list[int]:
     return [round(k * (num_layers - 1) / (count - 1)) for k in range(count)]  # ends included
 
 
-def plan(num_layers: int, depth: int, width: int, assignment: str = "stage-major",
-         select: str | None = None, blocks: Sequence[int] | None = None) -> list[list[int]]:
-    """placement[s][i] = the source block that becomes branch i of stage s (module docstring)."""
+def _fill_layout(num_layers: int, depth: int | None, width: int | None,
+                 blocks: Sequence[int] | None) -> tuple[int, int]:
+    """(m, n) from what was given: both, one (the other divides the number of blocks to
+    place: len(blocks), else num_layers), or none (the serial layout L x 1)."""
+    if depth is not None and width is not None:
+        return _size("depth (m)", depth), _size("width (n)", width)
+    count = len(blocks) if blocks is not None else whole("num_layers", num_layers)
+    if depth is None and width is None:
+        return count, 1
+    name, given = ("depth (m)", depth) if width is None else ("width (n)", width)
+    given = _size(name, given)
+    if count % given:
+        raise ValueError(f"{name}={given} does not divide the {count} blocks to place; "
+                         f"give both depth and width, and blocks=[...] to choose them")
+    return (given, count // given) if width is None else (count // given, given)
+
+
+def plan(num_layers: int, depth: int | None = None, width: int | None = None,
+         assignment: str = "stage-major", select: str | None = None,
+         blocks: Sequence[int] | None = None) -> list[list[int]]:
+    """placement[s][i] = the source block that becomes branch i of stage s (module docstring).
+
+    The layout m x n is depth x width; give one and the other divides the number of blocks,
+    give none for the serial L x 1. The blocks: all L in order (m*n = L), `select` (a rule)
+    or `blocks` (a list). len(placement), len(placement[0]) is the layout.
+    """
     if select is not None and blocks is not None:
         raise ValueError("give either select= (a rule) or blocks= (a list), not both")
+    if select is not None and (depth is None or width is None):
+        raise ValueError("select= needs the whole layout: layout='pf-m-n', or depth= and width=")
+    m, n = _fill_layout(num_layers, depth, width, blocks)
     if select is not None:
-        blocks = select_blocks(num_layers, depth * width, select)
-    elif blocks is None and depth * width != num_layers:
-        raise ValueError(f"a {depth} x {width} layout holds m*n = {depth * width} blocks but the "
-                         f"source has L = {num_layers}: choose m*n = {num_layers}, or say which "
-                         f"blocks to use with select={SELECTIONS} or blocks=[...]")
-    return place_blocks(num_layers, depth, width, assignment, blocks)
-
-
-def _is_torchvision_vit(module) -> bool:
-    if not isinstance(module, nn.Module):
-        return False
-    from torchvision.models import VisionTransformer
-
-    return isinstance(module, VisionTransformer)
+        blocks = select_blocks(num_layers, m * n, select)
+    elif blocks is None and m * n != num_layers:
+        raise ValueError(f"a {m} x {n} layout holds m*n = {m * n} blocks but the source has "
+                         f"L = {num_layers}: choose m*n = {num_layers}, or say which blocks to "
+                         f"use with select={SELECTIONS} or blocks=[...]")
+    return place_blocks(num_layers, m, n, assignment, blocks)
 
 
 def _layout(layout, depth, width) -> tuple[int | None, int | None]:
@@ -259,8 +318,6 @@ def _layout(layout, depth, width) -> tuple[int | None, int | None]:
         return depth, width
     if depth is not None or width is not None:
         raise ValueError("give the layout either by name (layout='pf-2-2') or by depth/width")
-    from duat.registry import parse_name
-
     if isinstance(layout, tuple):
         return layout
     return parse_name(layout)
@@ -277,8 +334,9 @@ def transfer(source: nn.Module, layout: str | tuple[int, int] | None = None, *,
     """Para-Former-m-n built from a trained model's blocks (a ParaFormer, blocks taken
     stage-major, or a torchvision VisionTransformer).
 
-    layout: "pf-m-n" / "vit-L" / (m, n), or depth= and width=; none: the source's own
-        blocks in series, Para-Former-L-1 (for a ViT source: the same function exactly).
+    layout: "pf-m-n" / "vit-L" / (m, n), or depth= and width= (or one of them); none: the
+        source's own blocks in series, Para-Former-L-1 (for a ViT source: the same function
+        exactly). A ParaFormer's blocks in a new layout: transfer(model, (m, n)).
     assignment, select, blocks: where the blocks go (module docstring).
     num_classes: a new linear head (freshly initialised) when it differs from the source's,
         or always with new_head=True.
@@ -290,26 +348,19 @@ def transfer(source: nn.Module, layout: str | tuple[int, int] | None = None, *,
     """
     if isinstance(source, ParaFormer):
         outer, block_states = paraformer_parts(source)
-        base = source.config
-        like = next(source.parameters())
-        training = source.training
-    elif _is_torchvision_vit(source):
+        base, like = source.config, next(source.parameters())
+    elif isinstance(source, VisionTransformer):
         base = vit_config(source)
         outer, block_states = torchvision_parts(source)
-        like, training = source.class_token, source.training
+        like = source.class_token
     else:
-        raise TypeError(f"source must be a ParaFormer or a torchvision VisionTransformer, got "
+        raise TypeError(f"source: expected a ParaFormer or a torchvision VisionTransformer, got "
                         f"{type(source).__name__} (load_source turns weights and files into one)")
-    L = len(block_states)
     m, n = _layout(layout, depth, width)
-    if m is None or n is None:
-        if select is not None:
-            raise ValueError("select= needs the whole layout: layout='pf-m-n', or depth= and width=")
-        m, n = resolve_layout(L, m, n, blocks)     # none given: the serial layout L x 1
-    placement = plan(L, m, n, assignment, select, blocks)
+    placement = plan(len(block_states), m, n, assignment, select, blocks)
 
     fields = base.to_dict()
-    fields.update(depth=m, width=n)
+    fields.update(depth=len(placement), width=len(placement[0]))
     for key, value in (("num_classes", num_classes), ("image_size", image_size),
                        ("in_channels", in_channels), ("stage", stage)):
         if value is not None:
@@ -319,9 +370,54 @@ def transfer(source: nn.Module, layout: str | tuple[int, int] | None = None, *,
                          f"{base.patch_size}: expected a multiple of {base.patch_size} "
                          f"(the pre-trained patch filters are {base.patch_size}x{base.patch_size})")
     config = ParaFormerConfig(**fields)
+    return _build(config, outer, block_states, placement, like, new_head).train(source.training)
 
-    outer = _adapt_outer(dict(outer), config, new_head, like)
-    return _build(config, outer, block_states, placement, like).train(training)
+
+def from_torchvision(vit, depth: int | None = None, width: int | None = None,
+                     assignment: str = "stage-major", blocks: Sequence[int] | None = None,
+                     **overrides) -> ParaFormer:
+    """A ParaFormer carrying a torchvision VisionTransformer's weights.
+
+    depth=width=None: ParaFormer(depth=L, width=1), the same function (the same logits).
+    Otherwise the L blocks are placed on an m x n layout by `assignment` (module docstring);
+    m*n must equal L unless blocks=[...] lists the m*n source blocks to use. `overrides`
+    (duat.convert.vit_config): num_classes, image_size, in_channels (1 or 3), dropout,
+    attn_dropout, stage, debug_checks. Built as `transfer` builds. The result is in vit's
+    mode (train/eval), on its device and in its dtype.
+    """
+    config = vit_config(vit, **overrides)         # TypeError unless a torchvision ViT
+    outer, block_states = torchvision_parts(vit)
+    L = len(block_states)
+    m, n = _fill_layout(L, depth, width, blocks)
+    placement = place_blocks(L, m, n, assignment, blocks)
+    fields = config.to_dict()
+    fields.update(depth=m, width=n)
+    model = _build(ParaFormerConfig(**fields), outer, block_states, placement, vit.class_token)
+    return model.train(vit.training)
+
+
+# ----------------------------------------------------------------------------- the builder
+
+def assemble_state_dict(outer: dict, block_states: list[dict], placement: list[list[int]],
+                        stage: str = "batched") -> dict[str, torch.Tensor]:
+    """A ParaFormer state dict from its outer tensors (patch_embed.*, cls_token, pos_embed,
+    norm.*, head.*), the source blocks (each a dict in Block's names) and a placement.
+
+    stage "reference": keys stages.{s}.blocks.{i}.{name};  "batched": stages.{s}.{stacked}
+    with the n branches' tensors stacked on a leading axis (ParallelStage's layout).
+    """
+    one_of("stage", stage, ("batched", "reference"))
+    sd = dict(outer)
+    for s, row in enumerate(placement):
+        if stage == "reference":
+            for i, b in enumerate(row):
+                for key, value in block_states[b].items():
+                    sd[f"stages.{s}.blocks.{i}.{key}"] = value
+        else:
+            for name, path in _STACKED:
+                if path in block_states[row[0]]:
+                    sd[f"stages.{s}.{name}"] = torch.stack([block_states[b][path] for b in row])
+    return sd
 
 
 def _adapt_outer(outer: dict, c: ParaFormerConfig, new_head: bool | None, like) -> dict:
@@ -349,13 +445,19 @@ def _adapt_outer(outer: dict, c: ParaFormerConfig, new_head: bool | None, like) 
 
 
 def _build(config: ParaFormerConfig, outer: dict, block_states: list[dict], placement,
-           like: torch.Tensor) -> ParaFormer:
-    """ParaFormer(config) holding copies of the given tensors (built on the meta device: no
-    random initialisation of weights that are overwritten at once)."""
+           like: torch.Tensor, new_head: bool | None = None) -> ParaFormer:
+    """The one builder: ParaFormer(config) holding copies of the source's tensors, its outer
+    ones fitted to config (_adapt_outer), on like's device and in its dtype. Built on the
+    meta device: no random initialisation of weights that are overwritten at once."""
+    sources = {t.untyped_storage().data_ptr() for t in outer.values()}
+    sources |= {t.untyped_storage().data_ptr() for b in block_states for t in b.values()}
+    outer = _adapt_outer(dict(outer), config, new_head, like)
     with torch.device("meta"):
         model = ParaFormer(config)
     sd = assemble_state_dict(outer, block_states, placement, config.stage)
-    sd = {k: v.detach().to(device=like.device, dtype=like.dtype).clone() for k, v in sd.items()}
+    sd = {k: v.detach().to(device=like.device, dtype=like.dtype) for k, v in sd.items()}
+    sd = {k: v.clone() if v.untyped_storage().data_ptr() in sources else v  # never alias the source
+          for k, v in sd.items()}
     load_state_dict_checked(model, sd, assign=True)
     return model
 

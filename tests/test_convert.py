@@ -1,34 +1,21 @@
 """Conversion from torchvision's Vision Transformer (random weights, never a download): the
-serial ViT-L loads into ParaFormer(depth=L, width=1) with the same logits; block placement
-over Para-Former-m-n layouts; clear refusals; the way back (to_torchvision)."""
+serial ViT-L loads into ParaFormer(depth=L, width=1) with the same logits (duat.convert's
+tables, built by duat.transfer.from_torchvision); block placement over Para-Former-m-n
+layouts (duat.transfer); clear refusals; the way back (to_torchvision)."""
 import copy
 
 import pytest
 import torch
-from torchvision.models import VisionTransformer
 
-from duat.convert import (ASSIGNMENTS, compare_models, from_torchvision, load_state_dict_checked, place_blocks,
-                          redistribute, reference_view, resolve_layout, to_torchvision,
-                          vit_config)
+from duat.convert import (ASSIGNMENTS, compare_models, load_state_dict_checked, reference_view,
+                          to_torchvision, vit_config)
 from duat.counting import count_parameters
 from duat.paraformer import ParaFormer
+from duat.transfer import from_torchvision, place_blocks, plan, transfer
+
+from conftest import randomize, torchvision_vit
 
 TOL = 1e-5
-
-
-def randomize(model, scale=0.2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)  # torchvision's head starts at 0
-    return model
-
-
-def small_vit(layers=4, heads=2, dim=16, mlp_dim=37, image=16, patch=4, classes=5, seed=0, **kw):
-    torch.manual_seed(seed)
-    vit = VisionTransformer(image_size=image, patch_size=patch, num_layers=layers, num_heads=heads,
-                            hidden_dim=dim, mlp_dim=mlp_dim, num_classes=classes, **kw)
-    return randomize(vit, seed=seed).eval()
 
 
 def images(vit, batch=3, seed=0):
@@ -46,7 +33,7 @@ def images(vit, batch=3, seed=0):
 ])
 @pytest.mark.parametrize("stage", ["batched", "reference"])
 def test_converted_vit_gives_the_same_logits(sizes, stage):
-    vit = small_vit(**sizes)
+    vit = torchvision_vit(**sizes)
     model = from_torchvision(vit, stage=stage)
     c = model.config
     assert (c.depth, c.width, c.dim, c.heads, c.hidden_dim, c.pool) == (
@@ -81,7 +68,7 @@ def test_vit_b_16_converts_exactly():
 
 
 def test_dtype_device_and_independence():
-    vit = small_vit().double()
+    vit = torchvision_vit().double()
     model = from_torchvision(vit)
     assert all(p.dtype == torch.float64 and p.requires_grad for p in model.parameters())
     with torch.no_grad():
@@ -108,7 +95,7 @@ def test_to_torchvision_refuses_what_it_cannot_express():
     with pytest.raises(ValueError, match=r"width n = 2.*pool = 'mean'.*in_channels = 1"):
         to_torchvision(ParaFormer(width=2, pool="mean", in_channels=1, dim=8, heads=2))
     with pytest.raises(TypeError, match="expected a ParaFormer"):
-        to_torchvision(small_vit())
+        to_torchvision(torchvision_vit())
 
 
 # ----------------------------------------------------------------------------- placement
@@ -148,20 +135,24 @@ def test_placement_refusals(args, kwargs, words):
         place_blocks(*args, **kwargs)
 
 
-def test_resolve_layout():
-    assert resolve_layout(12) == (12, 1)
-    assert resolve_layout(12, depth=3) == (3, 4)
-    assert resolve_layout(12, width=6) == (2, 6)
-    assert resolve_layout(12, 2, 2, blocks=[0, 1, 2, 3]) == (2, 2)
+def layout_of(placement):
+    return len(placement), len(placement[0])
+
+
+def test_plan_fills_in_the_layout():
+    assert layout_of(plan(12)) == (12, 1)
+    assert layout_of(plan(12, depth=3)) == (3, 4)
+    assert layout_of(plan(12, width=6)) == (2, 6)
+    assert layout_of(plan(12, 2, 2, blocks=[0, 1, 2, 3])) == (2, 2)
     with pytest.raises(ValueError, match=r"width \(n\)=5 does not divide the 12 blocks"):
-        resolve_layout(12, width=5)
+        plan(12, width=5)
 
 
 # ----------------------------------------------------------------------------- m x n layouts
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_m_by_n_layout_carries_the_placed_blocks(assignment):
-    vit = small_vit(layers=6)
+    vit = torchvision_vit(layers=6)
     model = from_torchvision(vit, depth=3, width=2, assignment=assignment)
     assert (model.config.depth, model.config.width) == (3, 2)
     placement = place_blocks(6, 3, 2, assignment)
@@ -177,7 +168,7 @@ def test_m_by_n_layout_carries_the_placed_blocks(assignment):
 
 
 def test_one_stage_of_all_layers_sums_torchvisions_updates():
-    vit = small_vit(layers=3)
+    vit = torchvision_vit(layers=3)
     model = from_torchvision(vit, depth=1)                  # Para-Former-1-3
     x = images(vit)
     with torch.no_grad():
@@ -190,7 +181,7 @@ def test_one_stage_of_all_layers_sums_torchvisions_updates():
 
 
 def test_selected_blocks_and_repeats():
-    vit = small_vit(layers=4)
+    vit = torchvision_vit(layers=4)
     model = from_torchvision(vit, depth=1, width=2, blocks=[3, 3])
     for block in model.blocks()[0]:
         assert torch.equal(block.attn.proj.weight, vit.encoder.layers[3].self_attention.out_proj.weight)
@@ -201,27 +192,27 @@ def test_selected_blocks_and_repeats():
 
 
 def test_redistribute_and_back_is_exact():
-    vit = small_vit(layers=4)
+    vit = torchvision_vit(layers=4)
     serial = from_torchvision(vit)
-    para = redistribute(serial, depth=2, width=2, assignment="strided")
+    para = transfer(serial, depth=2, width=2, assignment="strided")
     assert (para.config.depth, para.config.width) == (2, 2)
-    back = redistribute(para, width=1)   # para's blocks stage-major: 0, 2, 1, 3
+    back = transfer(para, width=1)   # para's blocks stage-major: 0, 2, 1, 3
     order = [0, 2, 1, 3]
     src = serial.blocks()
     for l, (block,) in enumerate(back.blocks()):
         assert torch.equal(block.mlp.fc1.weight, src[order[l]][0].mlp.fc1.weight)
-    reference = redistribute(copy.deepcopy(serial).to_reference(), depth=4)
+    reference = transfer(copy.deepcopy(serial).to_reference(), depth=4)
     x = images(vit)
     with torch.no_grad():
         assert (reference(x) - serial(x)).abs().max().item() <= TOL
     with pytest.raises(TypeError, match="expected a ParaFormer"):
-        redistribute(vit)
+        transfer(torch.nn.Linear(2, 2))   # (a torchvision ViT is a source too)
 
 
 # ----------------------------------------------------------------------------- fine-tuning options
 
 def test_new_head_keeps_the_features():
-    vit = small_vit()
+    vit = torchvision_vit()
     model = from_torchvision(vit, num_classes=3)
     assert model.head.weight.shape == (3, 16)
     x = images(vit)
@@ -231,7 +222,7 @@ def test_new_head_keeps_the_features():
 
 
 def test_grey_images_through_summed_rgb_filters():
-    vit = small_vit()
+    vit = torchvision_vit()
     model = from_torchvision(vit, in_channels=1)
     grey = torch.randn(2, 1, 16, 16)
     with torch.no_grad():
@@ -241,7 +232,7 @@ def test_grey_images_through_summed_rgb_filters():
 
 
 def test_new_image_size_resamples_positions():
-    vit = small_vit(image=16, patch=4)                       # 4 x 4 patch grid
+    vit = torchvision_vit(image=16, patch=4)                       # 4 x 4 patch grid
     model = from_torchvision(vit, image_size=24)             # 6 x 6
     assert model.pos_embed.shape == (1, 37, 16)
     assert torch.equal(model.pos_embed[:, 0], vit.encoder.pos_embedding[:, 0])
@@ -254,18 +245,18 @@ def test_new_image_size_resamples_positions():
 
 def test_unsupported_vits_are_refused():
     with pytest.raises(ValueError, match="pre-logits"):
-        from_torchvision(small_vit(representation_size=8))
+        from_torchvision(torchvision_vit(representation_size=8))
     from torchvision.models.vision_transformer import ConvStemConfig
 
-    stem = small_vit(conv_stem_configs=[ConvStemConfig(out_channels=8, kernel_size=3, stride=4)])
+    stem = torchvision_vit(conv_stem_configs=[ConvStemConfig(out_channels=8, kernel_size=3, stride=4)])
     with pytest.raises(ValueError, match="convolutional stem"):
         from_torchvision(stem)
     with pytest.raises(TypeError, match="torchvision.models.VisionTransformer"):
         from_torchvision(ParaFormer())
     with pytest.raises(ValueError, match=r"\['dim'\] cannot be changed"):
-        vit_config(small_vit(), dim=32)
+        vit_config(torchvision_vit(), dim=32)
     with pytest.raises(ValueError, match="assignment must be one of"):
-        from_torchvision(small_vit(), depth=2, assignment="diagonal")
+        from_torchvision(torchvision_vit(), depth=2, assignment="diagonal")
 
 
 def test_load_state_dict_checked_names_every_problem():

@@ -1,4 +1,4 @@
-"""Counting (PAPER.md section 4): the analytic FLOP count equals the one torch.utils.flop_counter
+"""Counting (docs/method.md section 4): the analytic FLOP count equals the one torch.utils.flop_counter
 measures, for both stage implementations; parameters follow the closed form; m x n layouts
 with equal m*n cost the same parameters and FLOPs."""
 import random

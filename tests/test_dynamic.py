@@ -1,4 +1,4 @@
-"""Static vs dynamic UAT (PAPER.md section 3): the dynamic model is what it claims to be,
+"""Static vs dynamic UAT (docs/method.md section 3): the dynamic model is what it claims to be,
 the comparison is at equal parameter count, and the experiment reports finite errors."""
 import math
 

@@ -5,8 +5,6 @@ their own records. Training runs here use a tiny plan (two small models, 50 digi
 epoch) monkeypatched into the registry; the real quick plans run with `duat reproduce`."""
 import json
 import math
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,11 +15,13 @@ from duat.locations import RESULTS_ENV
 from duat.cli import main
 from duat.registry import create_model
 
+from conftest import TINY_MODEL, run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["accuracy-vs-width", "accuracy-vs-depth", "data-scale", "data-diversity"]
 
 TINY = ex.Plan(dataset="digits", models=("pf-1-1", "pf-1-2"), variants=({"per_class": 5},),
-               seeds=(0, 1), size="tiny", model_overrides={"patch_size": 4, "dim": 16, "heads": 2},
+               seeds=(0, 1), size="tiny", model_overrides=dict(TINY_MODEL),
                epochs=1, batch_size=32, device="cpu", threads=1)
 
 
@@ -250,8 +250,7 @@ def test_cli_list_and_bad_names(capsys):
 
 
 def test_cli_bad_name_exits_2_as_a_process():
-    proc = subprocess.run([sys.executable, "-m", "duat", "reproduce", "nope"],
-                          capture_output=True, text=True, timeout=120)
+    proc = run_cli("reproduce", "nope", timeout=120)
     assert proc.returncode == 2
     assert "unknown experiment 'nope'" in proc.stderr and "accuracy-vs-width" in proc.stderr
 
@@ -345,31 +344,19 @@ def test_a_run_that_fails_leaves_no_empty_folder(tiny, tmp_path, monkeypatch):
 
 
 def test_an_interrupted_sweep_keeps_its_runs_and_resumes_to_the_same_results(tiny, tmp_path,
-                                                                              monkeypatch):
+                                                                              interrupt_then_resume):
     from duat.training import engine
 
     whole = run_tiny(tiny, tmp_path / "whole")                  # 4 runs, uninterrupted
-    real_fit, calls = engine.fit, []
-
-    def fit_then_stop(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt                              # Ctrl-C during the third run
-        return real_fit(*args, **kwargs)
-
     out = tmp_path / "run"
-    monkeypatch.setattr(engine, "fit", fit_then_stop)
-    with pytest.raises(KeyboardInterrupt):
-        run_tiny(tiny, out)
-    saved = json.loads((out / ex.PARTIAL).read_text())
-    assert len(saved["done"]) == 2 and not (out / "results.json").exists()
-    with pytest.raises(FileExistsError, match="--resume"):      # not silently restarted
-        run_tiny(tiny, out)
 
-    calls.clear()
-    monkeypatch.setattr(engine, "fit", lambda *a, **k: (calls.append(1), real_fit(*a, **k))[1])
-    resumed = run_tiny(tiny, out, resume=True)
-    assert len(calls) == 2                                       # only the runs not done
+    def two_runs_kept():
+        saved = json.loads((out / ex.PARTIAL).read_text())
+        assert len(saved["done"]) == 2 and not (out / "results.json").exists()
+
+    resumed, calls = interrupt_then_resume(lambda **kw: run_tiny(tiny, out, **kw), engine, "fit",
+                                           stop_at=3, after_stop=two_runs_kept)  # Ctrl-C in run 3
+    assert calls == 2                                            # only the runs not done
     assert not (out / ex.PARTIAL).exists()
     acc = lambda res: [(r["model"], r["seed"], r["test_acc"]) for r in res["records"]]
     assert acc(resumed) == acc(whole)

@@ -1,4 +1,4 @@
-"""`duat reproduce finetune` (duat.finetune): the spec, a tiny end-to-end run (a ViT-2
+"""`duat reproduce finetune` (duat.experiments.finetune): the spec, a tiny end-to-end run (a ViT-2
 pre-trained for one epoch on digits 0-4, fine-tuned on digits 5-9), the summary's
 arithmetic, refusals, the CLI hand-over from `duat reproduce`, and the committed quick
 results."""
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from duat import finetune
+from duat.experiments import finetune
 from duat.cli import main
-from duat.finetune import (FinetuneSpec, format_carry_over, format_table, load_results,
-                           make_spec, run_experiment, summarize)
+from duat.experiments.finetune import (FinetuneSpec, format_carry_over, format_table,
+                                       load_results, make_spec, run_experiment, summarize)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(source_model="vit-2", source_epochs=1, per_class=(2,), seeds=(0, 1),
@@ -137,7 +137,7 @@ def test_committed_quick_results_are_consistent(monkeypatch):
 
 
 def test_a_run_without_its_source_leaves_no_empty_folder(tmp_path):
-    from duat.finetune import run_experiment
+    from duat.experiments.finetune import run_experiment
 
     out = tmp_path / "run"
     with pytest.raises(Exception, match="nothing.pth"):
@@ -147,33 +147,25 @@ def test_a_run_without_its_source_leaves_no_empty_folder(tmp_path):
 
 
 def test_an_interrupted_run_resumes_with_the_same_source_and_results(tiny_results, tmp_path,
-                                                                     monkeypatch):
-    import duat.finetune as ft
+                                                                     interrupt_then_resume):
+    import duat.experiments.finetune as ft
 
     _, whole = tiny_results
-    real_run, calls = ft.finetune_run, []
-
-    def run_then_stop(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt                       # Ctrl-C during the fourth run
-        return real_run(*args, **kwargs)
-
     out = tmp_path / "run"
-    monkeypatch.setattr(ft, "finetune_run", run_then_stop)
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment("quick", out=out, progress=False, **TINY)
-    assert len(json.loads((out / ft.PARTIAL).read_text())["done"]) == 3
-    assert (out / ft.PARTIAL_SOURCE).is_file() and not (out / "results.json").exists()
-    with pytest.raises(FileExistsError, match="--resume"):
-        run_experiment("quick", out=out, progress=False, **TINY)
-    with pytest.raises(ValueError, match="other settings"):
-        run_experiment("quick", out=out, progress=False, resume=True, **{**TINY, "lr": 1e-4})
 
-    calls.clear()
-    monkeypatch.setattr(ft, "finetune_run", lambda *a, **k: (calls.append(1), real_run(*a, **k))[1])
-    resumed = run_experiment("quick", out=out, progress=False, resume=True, **TINY)
-    assert len(calls) == len(whole["runs"]) - 3           # only the runs not done
+    def three_runs_and_the_source_kept():
+        assert len(json.loads((out / ft.PARTIAL).read_text())["done"]) == 3
+        assert (out / ft.PARTIAL_SOURCE).is_file() and not (out / "results.json").exists()
+
+    def other_settings_are_refused():
+        with pytest.raises(ValueError, match="other settings"):
+            run_experiment("quick", out=out, progress=False, resume=True, **{**TINY, "lr": 1e-4})
+
+    resumed, calls = interrupt_then_resume(
+        lambda **kw: run_experiment("quick", out=out, progress=False, **TINY, **kw),
+        ft, "finetune_run", stop_at=4, after_stop=three_runs_and_the_source_kept,  # Ctrl-C in run 4
+        before_resume=other_settings_are_refused)
+    assert calls == len(whole["runs"]) - 3                # only the runs not done
     assert not (out / ft.PARTIAL).exists() and not (out / ft.PARTIAL_SOURCE).exists()
     key = lambda r: (r["layout"], r["per_class"], r["seed"], r["init"], r["test_acc"])
     assert sorted(map(key, resumed["runs"])) == sorted(map(key, whole["runs"]))
@@ -183,7 +175,7 @@ def test_an_interrupted_run_resumes_with_the_same_source_and_results(tiny_result
 
 
 def test_a_layout_that_does_not_fit_the_source_is_refused_before_training(tmp_path):
-    from duat.finetune import run_experiment
+    from duat.experiments.finetune import run_experiment
 
     with pytest.raises(ValueError, match=r"m\*n = 9 blocks but the source has L = 4"):
         run_experiment("quick", out=tmp_path / "run", progress=False, layouts=("pf-3-3",))

@@ -8,9 +8,7 @@ import pytest
 
 from duat import cli, runtime, storage
 
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "duat", *args], capture_output=True, text=True)
+from conftest import run_cli
 
 
 def test_import_duat_is_light():
@@ -34,7 +32,7 @@ def test_info_json_is_parseable():
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
     assert info["device"] in info["available_devices"]
-    assert info["torch_threads"] >= 1
+    assert info["threads"] >= 1
 
 
 @pytest.mark.parametrize("args", [["no-such-command"], ["info", "--no-such-option"], []])
@@ -69,8 +67,19 @@ def test_select_device_refuses_absent_or_bogus_devices(monkeypatch):
 
 
 def test_device_env_override(monkeypatch):
-    monkeypatch.setenv("DUAT_DEVICE", "cpu")
+    # A GPU is pretended present, so that the automatic choice (cuda) is not the variable's (cpu):
+    # ignoring DUAT_DEVICE would fail here on any machine.
+    monkeypatch.setattr(runtime, "available_devices", lambda: ["cuda", "cpu"])
+    monkeypatch.delenv(runtime.DEVICE_ENV, raising=False)
+    assert runtime.select_device().type == "cuda"                  # no variable: the best device
+    monkeypatch.setenv(runtime.DEVICE_ENV, "cpu")
+    assert runtime.DEVICE_ENV == "DUAT_DEVICE"
     assert runtime.select_device().type == "cpu"
+    assert runtime.select_device("auto").type == "cpu"
+    assert runtime.select_device("cuda").type == "cuda"            # an explicit choice wins
+    monkeypatch.setenv(runtime.DEVICE_ENV, "gpu-please")
+    with pytest.raises(ValueError, match="not a device name: 'gpu-please'"):
+        runtime.select_device()
 
 
 def test_seed_everything_repeats_draws():
@@ -205,3 +214,31 @@ def test_open_run_dir_refuses_a_damaged_record_in_one_line(tmp_path, text, kind,
         storage.open_run_dir(run, {"plan": [1]}, resume=True)
     assert "\n" not in str(err.value) and "--overwrite" in str(err.value)
     assert (run / storage.PARTIAL).read_text() == text          # nothing lost
+
+
+def _command_raising(monkeypatch, err):
+    def raise_it(args):
+        raise err
+    monkeypatch.setattr(cli, "run", raise_it)  # `duat info` runs cli.run
+
+
+def test_out_of_memory_is_one_line_and_other_runtime_errors_keep_their_traceback(monkeypatch, capsys):
+    class OutOfMemoryError(RuntimeError):  # torch.OutOfMemoryError's name, without a GPU
+        pass
+
+    _command_raising(monkeypatch, OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert cli.main(["info"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "duat info: error: the device ran out of memory" in err
+    _command_raising(monkeypatch, RuntimeError("a bug"))
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["info"])
+
+
+def test_the_command_line_draws_with_agg_for_the_call_only(monkeypatch):
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+    seen = {}
+    monkeypatch.setattr(cli, "run", lambda args: seen.setdefault("backend", os.environ.get("MPLBACKEND")) and 0)
+    monkeypatch.delitem(sys.modules, "matplotlib", raising=False)
+    assert cli.main(["info"]) == 0
+    assert seen["backend"] == "Agg" and "MPLBACKEND" not in os.environ

@@ -3,8 +3,6 @@ folder), new runs are written into the committed folder only in a source checkou
 ./results otherwise, and a $DUAT_RESULTS that names no folder is one clear error line, from
 the API and from `duat reproduce`."""
 import json
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +11,8 @@ import pytest
 from duat import experiments as ex
 from duat import locations
 from duat.cli import main
+
+from conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = ["accuracy-vs-width", "accuracy-vs-depth", "data-scale", "data-diversity", "finetune",
@@ -44,7 +44,7 @@ def test_a_checkout_writes_new_runs_into_the_committed_folder_an_install_into_cw
     monkeypatch.setattr(locations, "in_checkout", lambda: False)     # as from a wheel
     assert ex.default_output_dir("data-scale", "quick") == tmp_path / "results" / "data-scale"
     assert locations.committed("data-scale") == locations.packaged() / "data-scale"  # reading: unchanged
-    from duat import finetune
+    from duat.experiments import finetune
 
     assert finetune.default_output_dir("full") == tmp_path / "results" / "finetune-full"
     assert finetune.load_results()["experiment"] == "finetune"
@@ -102,8 +102,7 @@ def test_reproduce_with_a_bad_override_is_one_error_line(tmp_path, monkeypatch, 
 
 def test_reproduce_with_a_bad_override_as_a_process(tmp_path):
     env = {**__import__("os").environ, locations.RESULTS_ENV: str(tmp_path / "absent")}
-    proc = subprocess.run([sys.executable, "-m", "duat", "reproduce", "data-diversity", "--quick"],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    proc = run_cli("reproduce", "data-diversity", "--quick", timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"duat reproduce: error: DUAT_RESULTS={tmp_path / 'absent'}: no such folder; unset it to "

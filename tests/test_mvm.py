@@ -1,4 +1,4 @@
-"""The Matrix-Vector Method (PAPER.md section 2): module(x).flatten() == W @ x.flatten() + b
+"""The Matrix-Vector Method (docs/method.md section 2): module(x).flatten() == W @ x.flatten() + b
 for every supported operation, random hyper-parameters, both float formats, dense and sparse."""
 import random
 

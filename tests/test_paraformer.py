@@ -1,9 +1,10 @@
-"""Para-Former-m-n (PAPER.md section 4): the batched stage computes exactly what the reference
+"""Para-Former-m-n (docs/method.md section 4): the batched stage computes exactly what the reference
 loop computes, forward and backward; the serial ViT is its n = 1 case; the registry's named
 models; bad input is refused with a clear ValueError; devices, autocast and torch.compile."""
 import copy
 import os
 import random
+from functools import partial
 
 import pytest
 import torch
@@ -11,16 +12,14 @@ import torch
 from duat.paraformer import Block, ParaFormer, ParaFormerConfig, ParallelStage, ReferenceStage
 from duat.registry import create_model, list_models, model_config, parse_name
 
+import conftest
+from conftest import tiny_paraformer
+
 TOL = 1e-5  # float32: batched and reference stages agree to rounding
 
 
-def randomize(model, scale=0.3, seed=0):
-    """Every parameter random (biases and norm affines too), so no term is trivially zero."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * scale)
-    return model
+# Every parameter drawn afresh (biases and norm affines too), so no term is trivially zero.
+randomize = partial(conftest.randomize, scale=0.3, replace=True)
 
 
 def random_config(seed):
@@ -230,7 +229,7 @@ def test_registry_refuses_bad_names_and_options():
 
 @pytest.fixture(scope="module")
 def small():
-    return ParaFormer(image_size=8, patch_size=2, in_channels=3, dim=8, heads=2).eval()
+    return tiny_paraformer(patch_size=2, in_channels=3, dim=8)
 
 
 @pytest.mark.parametrize("shape, words", [
@@ -296,9 +295,7 @@ def test_stage_needs_a_block():
 
 # ----------------------------------------------------------------------------- devices and precision
 
-def _tiny():
-    torch.manual_seed(5)
-    return ParaFormer(dim=16, heads=2, depth=2, width=3).eval()
+_tiny = partial(tiny_paraformer, 2, 3, seed=5, patch_size=2)  # Para-Former-2-3, 16 patches
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -1,4 +1,4 @@
-"""Property-style checks of the theory modules (PAPER.md sections 2-3): many random shapes and
+"""Property-style checks of the theory modules (docs/method.md sections 2-3): many random shapes and
 hyper-parameters per test (seeded loops; the project has no hypothesis dependency), plus the
 edge cases the main test files leave out."""
 import random
@@ -22,12 +22,20 @@ def worst(cases, dtype):
     return max(errs)
 
 
+def check_random_cases(draw, rounds, seed, dtype):
+    """Seed Python's and torch's generators, call draw(rng) `rounds` times (each call returns
+    a list of (module, x) cases), and assert the worst MVM error over all of them is within
+    TOL, naming the case that gave it."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    cases = [case for _ in range(rounds) for case in draw(rng)]
+    err, module, shape = worst(cases, dtype)
+    assert err <= TOL[dtype], f"{module} on {shape}: {err:.2e}"
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_conv2d_many_random_configurations(dtype):
-    rng = random.Random(7)
-    torch.manual_seed(7)
-    cases = []
-    for _ in range(120):
+    def draw(rng):
         g = rng.choice([1, 1, 2, 3, 4])
         cin, cout = g * rng.randint(1, 2), g * rng.randint(1, 3)
         k = (rng.randint(1, 5), rng.randint(1, 5))
@@ -37,37 +45,31 @@ def test_conv2d_many_random_configurations(dtype):
         H = d[0] * (k[0] - 1) + 1 + rng.randint(0, 6)    # at least one output row
         W = d[1] * (k[1] - 1) + 1 + rng.randint(0, 6)
         conv = nn.Conv2d(cin, cout, k, stride=s, padding=p, dilation=d, groups=g, bias=rng.random() < 0.5)
-        cases.append((conv, torch.randn(1, cin, H, W)))
-    err, module, shape = worst(cases, dtype)
-    assert err <= TOL[dtype], f"{module} on {shape}: {err:.2e}"
+        return [(conv, torch.randn(1, cin, H, W))]
+
+    check_random_cases(draw, rounds=120, seed=7, dtype=dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_tokenwise_ops_random_shapes(dtype):
-    rng = random.Random(11)
-    torch.manual_seed(11)
-    cases = []
-    for _ in range(40):
+    def draw(rng):
         lead = tuple(rng.randint(1, 4) for _ in range(rng.randint(0, 2)))
         n_in, n_out = rng.randint(1, 9), rng.randint(1, 9)
-        cases.append((nn.Linear(n_in, n_out, bias=rng.random() < 0.7), torch.randn(*lead, n_in)))
+        cases = [(nn.Linear(n_in, n_out, bias=rng.random() < 0.7), torch.randn(*lead, n_in))]
         ln = nn.LayerNorm(n_in + 1, elementwise_affine=rng.random() < 0.7)
         if ln.weight is not None:
             with torch.no_grad():
                 ln.weight.uniform_(0.5, 2), ln.bias.uniform_(-1, 1)
         cases.append((ln, 3 * torch.randn(*lead, n_in + 1) + 1))
         act = rng.choice([nn.ReLU(), nn.GELU(), nn.GELU(approximate="tanh"), nn.SiLU(), nn.Tanh()])
-        cases.append((act, torch.randn(*lead, n_in)))
-    err, module, shape = worst(cases, dtype)
-    assert err <= TOL[dtype], f"{module} on {shape}: {err:.2e}"
+        return cases + [(act, torch.randn(*lead, n_in))]
+
+    check_random_cases(draw, rounds=40, seed=11, dtype=dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_attention_random_heads_and_lengths(dtype):
-    rng = random.Random(5)
-    torch.manual_seed(5)
-    cases = []
-    for _ in range(12):
+    def draw(rng):
         heads = rng.choice([1, 2, 3, 4])
         D, T = heads * rng.randint(1, 4), rng.randint(1, 7)
         mha = nn.MultiheadAttention(D, heads, bias=rng.random() < 0.7, batch_first=True).eval()
@@ -75,9 +77,9 @@ def test_attention_random_heads_and_lengths(dtype):
         with torch.no_grad():
             mha.in_proj_weight.normal_(0, 0.7)
             kit.qkv.weight.normal_(0, 0.7)
-        cases += [(mha, torch.randn(1, T, D)), (kit, torch.randn(1, T, D))]
-    err, module, shape = worst(cases, dtype)
-    assert err <= TOL[dtype], f"{module} on {shape}: {err:.2e}"
+        return [(mha, torch.randn(1, T, D)), (kit, torch.randn(1, T, D))]
+
+    check_random_cases(draw, rounds=12, seed=5, dtype=dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

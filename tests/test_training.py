@@ -19,6 +19,8 @@ from duat.runtime import seed_everything
 from duat.training import TrainConfig, evaluate, fit, load_checkpoint
 from duat.training.engine import lr_at
 
+from conftest import run_cli, train_cli
+
 
 def mlp(hidden=64, classes=10):
     return nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, classes))
@@ -205,11 +207,6 @@ def test_bad_train_config(kwargs):
 
 # ----------------------------------------------------------------------------- duat train
 
-def train_cli(*args):
-    return cli.main(["train", "--dataset", "digits", "--per-class", "10", "--no-progress",
-                     "--device", "cpu", *args])
-
-
 def test_duat_train_writes_a_run_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
     assert train_cli("--model", "pf-1-2", "--epochs", "1", "--out", str(out)) == 0
@@ -243,8 +240,7 @@ def test_duat_train_bad_input(tmp_path, capsys, args, message):
 
 
 def test_duat_train_command_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "duat", "train", "--model", "vit-1", "--epochs", "1",
-                          "--fraction", "0.1", "--out", str(tmp_path / "r"), "--no-progress"],
-                         capture_output=True, text=True)
+    out = run_cli("train", "--model", "vit-1", "--epochs", "1", "--fraction", "0.1",
+                  "--out", tmp_path / "r", "--no-progress")
     assert out.returncode == 0, out.stderr
     assert "test accuracy" in out.stdout

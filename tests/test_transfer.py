@@ -3,6 +3,7 @@ same function, m x n layouts hold exactly the source blocks where the docs say, 
 embeddings keep the class token and the grid, freezing is bit-exact, bad input is refused.
 Everything is built locally: no download is ever attempted (the offline case is simulated)."""
 import urllib.error
+from functools import partial
 
 import pytest
 import torch
@@ -13,17 +14,12 @@ from duat.registry import create_model
 from duat.training import TrainConfig, fit
 from duat.training.tuning import (fine_tune, freeze, frozen_parameters, part_of, steps_to_epochs,
                                   train_head, unfreeze)
-from duat.transfer import ResizeInput, WeightsUnavailableError, load_source, plan, select_blocks, transfer
+from duat.transfer import (ResizeInput, WeightsUnavailableError, from_torchvision, load_source, plan,
+                           select_blocks, transfer)
+
+from conftest import randomize, torchvision_vit
 
 TOL = 1e-5
-
-
-def randomize(model, scale=0.2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)   # break the zero / one inits
-    return model
 
 
 def kit_vit(layers=4, seed=0, **kw):
@@ -31,11 +27,7 @@ def kit_vit(layers=4, seed=0, **kw):
     return randomize(create_model(f"vit-{layers}", dim=32, heads=2, **kw), seed=seed).eval()
 
 
-def small_tv_vit(layers=4, image=16, patch=4, classes=5, seed=0):
-    torch.manual_seed(seed)
-    vit = VisionTransformer(image_size=image, patch_size=patch, num_layers=layers, num_heads=2,
-                            hidden_dim=16, mlp_dim=32, num_classes=classes)
-    return randomize(vit, seed=seed).eval()
+small_tv_vit = partial(torchvision_vit, mlp_dim=32)  # the sizes test_a_state_dict_file_is_way_two rebuilds
 
 
 def images(c, batch=3, seed=0):
@@ -81,7 +73,7 @@ def test_block_count_and_layout_by_depth_or_width():
 # ----------------------------------------------------------------------------- placement
 
 def expected_block(assignment, s, i, m, n, chosen):
-    """The documented rule, written out independently of duat.convert."""
+    """The documented rule, written out independently of duat.transfer.place_blocks."""
     k = s * n + i if assignment == "stage-major" else s + i * m
     return chosen[k]
 
@@ -183,6 +175,20 @@ def test_new_head_new_channels_and_resized_inputs():
     assert wrapped(torch.randn(2, 3, 32, 32)).shape == (2, 3)
     same = transfer(source, num_classes=10, new_head=True)
     assert not torch.equal(same.head.weight, source.head.weight)
+
+
+def test_one_builder_for_both_entry_points():
+    # from_torchvision and transfer build alike: the same seed gives the same new head
+    vit = small_tv_vit(layers=4)
+    for kwargs in (dict(num_classes=3), dict(num_classes=3, in_channels=1, image_size=24)):
+        torch.manual_seed(7)
+        a = from_torchvision(vit, depth=2, width=2, **kwargs)
+        torch.manual_seed(7)
+        b = transfer(vit, "pf-2-2", **kwargs)
+        assert a.config == b.config
+        assert a.state_dict().keys() == b.state_dict().keys()
+        assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+        assert torch.equal(a.head.bias, torch.zeros(3)) and a.head.weight.std() > 0.01
 
 
 # ----------------------------------------------------------------------------- freezing

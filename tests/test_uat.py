@@ -1,12 +1,13 @@
-"""Universal approximation (PAPER.md section 1): the model is the formula, fitting works, and
+"""Universal approximation (docs/method.md section 1): the model is the formula, fitting works, and
 the measured error falls as the number of hidden units N grows."""
 import math
 
 import pytest
 import torch
 
+from duat.runtime import threads
 from duat.theory.uat import (TARGETS, UAT, approximation_table, count_parameters, errors, fit_adam,
-                             fit_lstsq, fit_uat, format_table, get_target, grid, make_data, single_thread)
+                             fit_lstsq, fit_uat, format_table, get_target, grid, make_data)
 
 
 @pytest.mark.parametrize("activation,sigma", [("sigmoid", torch.sigmoid), ("tanh", torch.tanh),
@@ -86,7 +87,7 @@ def test_errors_helper():
 
 def test_single_thread_restores_the_setting():
     before = torch.get_num_threads()
-    with single_thread():
+    with threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
 

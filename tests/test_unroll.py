@@ -1,21 +1,18 @@
-"""Residual networks unrolled into dynamic-UAT terms (PAPER.md section 3): the terms sum to
+"""Residual networks unrolled into dynamic-UAT terms (docs/method.md section 3): the terms sum to
 the forward pass for depths 1, 4 and 12, and bad input is refused with a clear error."""
 import pytest
 import torch
 from torch import nn
 
-from duat.paraformer import Block, ParaFormer
+from duat.paraformer import Block
 from duat.theory.unroll import (ResidualCNN, ResidualMLP, TransformerTerm, UATTerm, parameter_spread,
                                 residual_blocks, unroll, unroll_error)
+
+from conftest import tiny_paraformer
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 DTYPES = [torch.float32, torch.float64]
 DEPTHS = [1, 4, 12]
-
-
-def tiny_vit(depth, stage="batched", width=1):
-    return ParaFormer(image_size=8, patch_size=4, dim=16, heads=2, mlp_ratio=2.0,
-                      depth=depth, width=width, stage=stage).eval()
 
 
 def sharpen(net):
@@ -54,7 +51,7 @@ def test_residual_cnn_terms_sum_to_forward(depth, dtype):
 @pytest.mark.parametrize("stage", ["batched", "reference"])
 def test_transformer_terms_sum_to_forward(depth, stage, dtype):
     torch.manual_seed(depth)
-    net = sharpen(tiny_vit(depth, stage)).to(dtype)
+    net = sharpen(tiny_paraformer(depth, stage=stage)).to(dtype)
     x0 = net.forward_tokens(torch.randn(3, 1, 8, 8, dtype=dtype))
     u = unroll(net, x0)
     assert all(isinstance(t, TransformerTerm) for t in u.terms)
@@ -90,7 +87,7 @@ def test_mlp_b_tilde_is_static_in_layer_one_and_dynamic_after():
 
 def test_transformer_weights_vary_across_inputs():
     torch.manual_seed(0)
-    net = sharpen(tiny_vit(2))
+    net = sharpen(tiny_paraformer(2))
     u = unroll(net, net.forward_tokens(torch.randn(4, 1, 8, 8)))
     for row in parameter_spread(u):
         assert row["A_std"] > 1e-4 and row["attn_map_std"] > 1e-4 and row["b_tilde_std"] > 1e-4
@@ -104,7 +101,7 @@ def test_unroll_error_helper():
 @pytest.mark.parametrize("net,pattern", [
     (nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4)), r"serial residual network.*member 0 is a Linear"),
     (nn.Linear(4, 4), r"serial residual network.*got Linear"),
-    (tiny_vit(1, width=2), r"2 parallel branches"),
+    (tiny_paraformer(1, 2), r"2 parallel branches"),
     (nn.Sequential(), r"got Sequential"),
 ])
 def test_non_residual_networks_are_refused(net, pattern):
@@ -113,7 +110,7 @@ def test_non_residual_networks_are_refused(net, pattern):
 
 
 def test_residual_blocks_lists_the_layers():
-    assert len(residual_blocks(tiny_vit(3))) == 3
+    assert len(residual_blocks(tiny_paraformer(3))) == 3
     assert len(residual_blocks(ResidualCNN(2, 5))) == 5
 
 
@@ -121,7 +118,7 @@ def test_residual_blocks_lists_the_layers():
     (ResidualMLP(4, 8, 2), torch.randn(2, 5), r"\(B, 4\)"),
     (ResidualMLP(4, 8, 2), torch.randn(4), r"\(B, 4\)"),
     (ResidualCNN(3, 2), torch.randn(3, 6, 6), r"\(B, 3, H, W\)"),
-    (tiny_vit(2), torch.randn(2, 5, 8), r"\(B, T, 16\)"),
+    (tiny_paraformer(2), torch.randn(2, 5, 8), r"\(B, T, 16\)"),
 ])
 def test_wrong_input_shape_is_refused(net, x0, pattern):
     with pytest.raises(ValueError, match=pattern):
@@ -129,7 +126,7 @@ def test_wrong_input_shape_is_refused(net, x0, pattern):
 
 
 def test_training_mode_dropout_is_refused():
-    net = ParaFormer(image_size=8, patch_size=4, dim=16, heads=2, depth=2, width=1, dropout=0.1)
+    net = tiny_paraformer(2, dropout=0.1)
     with pytest.raises(ValueError, match="eval"):
         unroll(net.train(), torch.randn(2, 5, 16))
     assert unroll(net.eval(), torch.randn(2, 5, 16)).max_error() <= 1e-5

@@ -7,8 +7,6 @@ reads: a `duat train --resume` checkpoint, the partial_source.pt of an interrupt
 and the marker never appears. Truncated and random-bytes files get the same kind of line."""
 import os
 import pathlib
-import subprocess
-import sys
 from dataclasses import asdict
 from urllib.parse import urlparse
 
@@ -17,12 +15,12 @@ import torch
 
 from duat import storage
 from duat.cli import main
-from duat.finetune import EXPERIMENT, PARTIAL_SOURCE, make_spec
+from duat.experiments.finetune import EXPERIMENT, PARTIAL_SOURCE, make_spec
 from duat.storage import UnreadableFileError
 from duat.storage import CHECKPOINT_FORMAT
 from duat.transfer import load_source
 
-from test_training import train_cli
+from conftest import run_cli, train_cli
 
 OBJECTS = "holds Python objects other than tensors and plain data"
 
@@ -75,9 +73,8 @@ def test_the_planted_pickle_would_run_code_without_weights_only(tmp_path, plant)
 def test_duat_train_resume_refuses_a_planted_checkpoint(tmp_path, plant):
     out = tmp_path / "run"
     ckpt = plant(out / "checkpoint.pt", lambda evil: {"format": CHECKPOINT_FORMAT, "model_state": evil})
-    proc = subprocess.run([sys.executable, "-m", "duat", "train", "--model", "vit-1", "--epochs", "1",
-                           "--per-class", "10", "--device", "cpu", "--no-progress", "--out", str(out),
-                           "--resume"], capture_output=True, text=True)
+    proc = run_cli("train", "--model", "vit-1", "--epochs", "1", "--per-class", "10", "--device", "cpu",
+                   "--no-progress", "--out", out, "--resume")
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.splitlines() == [
         f"duat train: error: {ckpt} is not a readable duat checkpoint (a file written by "

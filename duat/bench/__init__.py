@@ -1,4 +1,4 @@
-"""Latency against depth: serial ViT-L against Para-Former-1-L, on a roofline (PAPER.md s. 4-5).
+"""Latency against depth: serial ViT-L against Para-Former-1-L, on a roofline (docs/method.md sections 4-5).
 
     from duat.bench import BenchSpec, run_benchmark, format_table, plot_results
     results = run_benchmark(BenchSpec(layers=(1, 4, 12), batches=(1,)))

@@ -19,7 +19,13 @@ import datetime
 import sys
 from pathlib import Path
 
-from duat.bench.harness import DTYPES, IMPLEMENTATIONS, VARIANTS, BenchSpec
+from duat.bench.harness import (DTYPES, IMPLEMENTATIONS, VARIANTS, BenchSpec, resolve_device,
+                                run_benchmark)
+from duat.bench.report import (BENCH_FOLDER, check_targets, compare_runs, format_comparison,
+                               format_table, format_targets, load_results, save_results)
+from duat.locations import output_dir
+from duat.runtime import profile
+from duat.storage import prepare_output_dir
 
 # Each preset is a set of BenchSpec fields; command-line options override them.
 PRESETS: dict[str, dict] = {
@@ -77,8 +83,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def spec_from_args(args: argparse.Namespace) -> tuple[BenchSpec, str]:
     """The BenchSpec an argument namespace asks for, and the preset's name."""
-    from duat.runtime import profile
-
     preset = ("quick" if args.quick else "full" if args.full else args.preset
               or profile())
     fields = dict(PRESETS[preset])
@@ -96,34 +100,23 @@ def spec_from_args(args: argparse.Namespace) -> tuple[BenchSpec, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from duat.bench.harness import resolve_device, run_benchmark
-    from duat.bench.report import (BENCH_FOLDER, check_targets, compare_runs, format_comparison,
-                                   format_table, format_targets, load_results, save_results)
-    from duat.locations import output_dir
-    from duat.storage import prepare_output_dir
-
-    try:
-        reference = load_results(args.compare) if args.compare else None
-        spec, preset = spec_from_args(args)
-        device = resolve_device(spec)
-        folder = None
-        if not args.no_save:  # refuse a used folder now, not after minutes of timing
-            now = datetime.datetime.now(datetime.timezone.utc)
-            name = args.name or (f"{device.type}-quick-{now:%Y-%m-%d-%H%M%S}" if preset == "quick"
-                                 else f"{device.type}-{now:%Y-%m-%d}")
-            parent = Path(args.out) if args.out is not None else output_dir(BENCH_FOLDER)
-            folder = prepare_output_dir(parent / name, overwrite=args.overwrite)
-    except (ValueError, FileExistsError, FileNotFoundError, NotADirectoryError) as err:
-        print(f"duat bench: error: {err}", file=sys.stderr)
-        return 2
+    """`duat bench`. Input it refuses (options, folders, an unknown --compare run, nothing
+    left to time) raises, and duat.cli.main reports it in one line with status 2."""
+    reference = load_results(args.compare) if args.compare else None
+    spec, preset = spec_from_args(args)
+    device = resolve_device(spec)
+    folder = None
+    if not args.no_save:  # refuse a used folder now, not after minutes of timing
+        now = datetime.datetime.now(datetime.timezone.utc)
+        name = args.name or (f"{device.type}-quick-{now:%Y-%m-%d-%H%M%S}" if preset == "quick"
+                             else f"{device.type}-{now:%Y-%m-%d}")
+        parent = Path(args.out) if args.out is not None else output_dir(BENCH_FOLDER)
+        folder = prepare_output_dir(parent / name, overwrite=args.overwrite)
     print(f"duat bench ({preset}): batch {list(spec.batches)}, L {list(spec.layers)}, "
           f"{', '.join(spec.implementations)}; {spec.size}, {spec.image_size}x{spec.image_size} "
           f"images, {spec.dtype} on {device}", file=sys.stderr)
-    try:
-        results = run_benchmark(spec, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
-    except (ValueError, RuntimeError) as err:  # e.g. only timm asked for, and timm missing
-        print(f"duat bench: error: {err}", file=sys.stderr)
-        return 2
+    # only timm asked for and timm missing, or no variant could be built: a ValueError
+    results = run_benchmark(spec, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     results["preset"] = preset
     print(format_table(results))
     print(format_targets(check_targets(results)))

@@ -1,6 +1,6 @@
 """The benchmark harness: build the models, time them honestly, and put each on a roofline.
 
-PAPER.md section 4 ends with a note on hardware: the n branches of a Para-Former stage do
+docs/method.md section 4 ends with a note on hardware: the n branches of a Para-Former stage do
 the same arithmetic as n serial layers, so "time does not grow with n" holds only where the
 device has idle parallel capacity; elsewhere time is bounded below by FLOPs / peak rate.
 This module measures both sides of that sentence in one run:
@@ -20,16 +20,22 @@ sum, where a Para-Former branch is a whole layer (attention, then its own MLP).
 from __future__ import annotations
 
 import gc
+import importlib.metadata
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 
+from duat.checks import real, whole, wholes
 from duat.counting import flops, layer_flops
+from duat.paraformer import ParallelStage
 from duat.registry import SIZES, create_model, model_config
+from duat.runtime import environment_info, select_device, threads
 
 IMPLEMENTATIONS: dict[str, str] = {
     "vit": "serial ViT-L: L encoder layers one after another",
@@ -41,18 +47,6 @@ IMPLEMENTATIONS: dict[str, str] = {
 # compile: torch.compile(model), default mode (needs a working compiler toolchain).
 VARIANTS = ("eager", "graph", "compile")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _positive_ints(name: str, values, minimum: int = 1) -> tuple[int, ...]:
-    if isinstance(values, int) and not isinstance(values, bool):
-        values = (values,)
-    values = tuple(values)
-    if not values:
-        raise ValueError(f"{name} must list at least one value, got none")
-    for v in values:
-        if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
-            raise ValueError(f"{name} must be ints >= {minimum}, got {v!r} in {values!r}")
-    return values
 
 
 def _names(name: str, values, known) -> tuple[str, ...]:
@@ -88,8 +82,8 @@ class BenchSpec:
     seed: int = 0
 
     def __post_init__(self):
-        self.layers = _positive_ints("layers (L)", self.layers)
-        self.batches = _positive_ints("batch", self.batches)
+        self.layers = wholes("layers (L)", self.layers)
+        self.batches = wholes("batch", self.batches)
         self.implementations = _names("implementations", self.implementations, IMPLEMENTATIONS)
         self.variants = _names("variants", self.variants, VARIANTS)
         if self.size not in SIZES:
@@ -97,18 +91,17 @@ class BenchSpec:
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; known: {', '.join(DTYPES)}")
         for name in ("image_size", "in_channels", "num_classes", "reps", "min_reps", "rounds"):
-            _positive_ints(name, getattr(self, name))
-        _positive_ints("warmup", self.warmup, minimum=0)
+            setattr(self, name, whole(name, getattr(self, name)))
+        self.warmup = whole("warmup", self.warmup, minimum=0)
         if self.min_reps < 3:
             raise ValueError(f"min_reps must be >= 3 so that a spread exists, got {self.min_reps}")
         if self.reps < self.min_reps:
             raise ValueError(f"reps ({self.reps}) must be >= min_reps ({self.min_reps})")
         if self.threads is not None:
-            _positive_ints("threads", self.threads)
+            self.threads = whole("threads", self.threads)
         if self.peak_sizes is not None:
-            self.peak_sizes = _positive_ints("peak_sizes", self.peak_sizes)
-        if not self.max_case_seconds > 0:
-            raise ValueError(f"max_case_seconds must be > 0, got {self.max_case_seconds!r}")
+            self.peak_sizes = wholes("peak_sizes", self.peak_sizes)
+        real("max_case_seconds", self.max_case_seconds, low=0, low_open=True)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,13 +114,20 @@ def model_kwargs(spec: BenchSpec) -> dict:
                 num_classes=spec.num_classes)
 
 
-def timm_available() -> str | None:
-    """None if timm's ParallelThingsBlock can be imported, else the reason it cannot."""
+def _timm_block():
+    """timm's ParallelThingsBlock class, or the reason it cannot be imported (a str). timm
+    is optional (the `bench` extra) and slow to import: imported here, when asked for."""
     try:
-        from timm.models.vision_transformer import ParallelThingsBlock  # noqa: F401
+        from timm.models.vision_transformer import ParallelThingsBlock
     except Exception as err:  # ImportError, or a broken install
         return f"timm is not importable ({type(err).__name__}: {err}); pip install timm"
-    return None
+    return ParallelThingsBlock
+
+
+def timm_available() -> str | None:
+    """None if timm's ParallelThingsBlock can be imported, else the reason it cannot."""
+    block = _timm_block()
+    return block if isinstance(block, str) else None
 
 
 def build_model(implementation: str, layers: int, spec: BenchSpec | None = None) -> nn.Module:
@@ -140,7 +140,7 @@ def build_model(implementation: str, layers: int, spec: BenchSpec | None = None)
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"unknown implementation {implementation!r}; "
                          f"known: {', '.join(IMPLEMENTATIONS)}")
-    _positive_ints("layers (L)", layers)
+    whole("layers (L)", layers)
     torch.manual_seed(spec.seed)
     kw = model_kwargs(spec)
     if implementation == "vit":
@@ -153,10 +153,7 @@ def build_model(implementation: str, layers: int, spec: BenchSpec | None = None)
         reason = timm_available()
         if reason is not None:
             raise RuntimeError(reason)
-        from functools import partial
-
-        from timm.models.vision_transformer import ParallelThingsBlock
-
+        ParallelThingsBlock = _timm_block()
         c = model_config(f"pf-1-{layers}", stage="reference", **kw)  # the sizes, and the FLOPs
         model = create_model("pf-1-1", **kw)  # its patch embedding, norm and head ...
         model.stages = nn.ModuleList([ParallelThingsBlock(    # ... around timm's stage
@@ -169,8 +166,6 @@ def build_model(implementation: str, layers: int, spec: BenchSpec | None = None)
 # ----------------------------------------------------------------------------- timing
 
 def resolve_device(spec: BenchSpec) -> torch.device:
-    from duat.runtime import select_device
-
     device = select_device(spec.device)
     if "graph" in spec.variants and device.type != "cuda":
         raise ValueError(f"variant 'graph' (CUDA graphs) needs a CUDA device, got {device}")
@@ -248,8 +243,6 @@ def make_callable(model: nn.Module, x: torch.Tensor, variant: str) -> Callable[[
 
 def summarize(seconds: list[float]) -> dict:
     """Median and spread (p10, p25, p75, p90, IQR) of per-call times, in milliseconds."""
-    import numpy as np
-
     if len(seconds) < 1:
         raise ValueError("no timings to summarize")
     ms = np.asarray(seconds, dtype=float) * 1e3
@@ -282,7 +275,7 @@ def matmul_peak(device: torch.device | str = "cpu", dtype: str = "float32",
         raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
     if sizes is None:
         sizes = (1024, 2048) if device.type == "cpu" else (2048, 4096, 8192)
-    sizes = _positive_ints("sizes", sizes)
+    sizes = wholes("sizes", sizes)
     by_size = {}
     with torch.inference_mode():
         for n in sizes:
@@ -318,29 +311,16 @@ class Case:
 
 
 def environment(device: torch.device, spec: BenchSpec) -> dict:
-    """What every record carries: device, versions, threads, date."""
-    import datetime
-    import platform
-
-    from duat import __version__
-    from duat.paraformer import ParallelStage
-    from duat.runtime import _cpu_model, device_name
-
+    """What every record carries: duat.runtime.environment_info (versions, device, threads,
+    date), and what else the timings depend on: the dtype, timm's version, the float32
+    matmul precision and the batched stage's CPU row budget."""
     try:
-        from importlib.metadata import version
-        timm_version = version("timm")
-    except Exception:
+        timm_version = importlib.metadata.version("timm")
+    except Exception:  # not installed, or broken metadata
         timm_version = None
-    return {
-        "device": device.type, "device_name": device_name(device), "cpu": _cpu_model(),
-        "torch": torch.__version__, "cuda": torch.version.cuda, "timm": timm_version,
-        "duat": __version__, "python": platform.python_version(), "platform": platform.platform(),
-        "dtype": spec.dtype, "threads": torch.get_num_threads(),
-        "interop_threads": torch.get_num_interop_threads(),
-        "float32_matmul_precision": torch.get_float32_matmul_precision(),
-        "cpu_row_budget": ParallelStage.cpu_row_budget,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+    return {**environment_info(device), "dtype": spec.dtype, "timm": timm_version,
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "cpu_row_budget": ParallelStage.cpu_row_budget}
 
 
 def run_benchmark(spec: BenchSpec | None = None, progress: Callable[[str], None] | None = None,
@@ -357,10 +337,7 @@ def run_benchmark(spec: BenchSpec | None = None, progress: Callable[[str], None]
         raise TypeError(f"spec must be a BenchSpec, got {type(spec).__name__}")
     device = resolve_device(spec)
     say = progress or (lambda msg: None)
-    old_threads = torch.get_num_threads()
-    if spec.threads is not None:
-        torch.set_num_threads(spec.threads)
-    try:
+    with threads(spec.threads):
         env = environment(device, spec)
         skipped = {}
         impls = list(spec.implementations)
@@ -384,8 +361,8 @@ def run_benchmark(spec: BenchSpec | None = None, progress: Callable[[str], None]
                 del cases
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-        if not records:
-            raise RuntimeError("no case could be run: " +
+        if not records:  # every variant failed to build: as refused as "nothing to time"
+            raise ValueError("no case could be run: " +
                                "; ".join(f"{k}: {v}" for k, v in skipped.items()))
         peak = None
         if probe is not None:
@@ -397,8 +374,6 @@ def run_benchmark(spec: BenchSpec | None = None, progress: Callable[[str], None]
             add_roofline(r, peak["gflops"] if peak else None)
         return {"spec": spec.to_dict(), "environment": env, "peak": peak,
                 "skipped": skipped, "records": records}
-    finally:
-        torch.set_num_threads(old_threads)
 
 
 def _build_cases(spec, impls, L, batch, device, skipped, say) -> list[Case]:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
+
+import matplotlib.pyplot as plt
 
 from duat.bench.harness import IMPLEMENTATIONS, VARIANTS
 from duat.locations import committed, output_dir
-from duat.storage import atomic_savefig, atomic_write_json, atomic_write_text
+from duat.storage import (atomic_write_json, atomic_write_text, prepare_output_dir,
+                          read_results, write_figure)
 
 RESULT_FILES = ("results.json", "results.csv", "latency_vs_layers.png")
 BENCH_FOLDER = "bench"  # the runs' parent folder, committed (duat/results/bench) and new ones
@@ -206,20 +208,14 @@ def save_results(results: dict, folder: str | Path, overwrite: bool = False) -> 
     A folder that already holds files (an earlier run's) is refused with FileExistsError
     unless `overwrite` is True.
     """
-    import matplotlib.pyplot as plt
-
-    from duat.storage import prepare_output_dir
-
     if not isinstance(results, dict) or "records" not in results or "environment" not in results:
         raise TypeError("results must be the dict returned by duat.bench.run_benchmark")
     folder = prepare_output_dir(folder, overwrite=overwrite)
     results = dict(results, targets=check_targets(results))
     paths = [atomic_write_json(folder / "results.json", results),
              atomic_write_text(folder / "results.csv", records_csv(results["records"]))]
-    fig = plot_results(results)
-    paths.append(atomic_savefig(fig, folder / "latency_vs_layers.png", dpi=120,
-                                bbox_inches="tight"))
-    plt.close(fig)
+    paths.append(write_figure(plot_results(results), folder / "latency_vs_layers.png",
+                              dpi=120, bbox_inches="tight"))
     return paths
 
 
@@ -231,13 +227,13 @@ def load_results(path: str | Path) -> dict:
         path = committed(BENCH_FOLDER) / path
     if path.is_dir():
         path = path / "results.json"
-    if not path.is_file():
+    if not path.is_file():  # said here, in the benchmark's words, with the runs to choose from
         names = ", ".join(p.name for p in list_runs(committed(BENCH_FOLDER))) or "none"
         raise FileNotFoundError(f"no benchmark results at {path}: give a run's folder, its "
                                 f"results.json, or the name of a committed run ({names})")
-    results = json.loads(path.read_text())
+    results = read_results(path, "")  # a file that is not JSON: one line, UnreadableFileError
     for key in ("environment", "records"):
-        if key not in results:
+        if not isinstance(results, dict) or key not in results:
             raise ValueError(f"{path} is not a duat benchmark result: no {key!r}")
     return results
 
@@ -299,8 +295,6 @@ def plot_results(results: dict, axes=None, log: bool = False):
 
     Linear axes by default: the question is "flat or linear in L", which a log axis hides;
     `log=True` gives a log latency axis (for runs whose latencies span decades)."""
-    import matplotlib.pyplot as plt
-
     recs, env = results["records"], results["environment"]
     batches = sorted({r["batch"] for r in recs})
     if axes is None:

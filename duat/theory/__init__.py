@@ -1,4 +1,4 @@
-"""duat.theory: the mathematics of PAPER.md sections 1-3 as tested code, one module per idea.
+"""duat.theory: the mathematics of docs/method.md sections 1-3 as tested code, one module per idea.
 
     duat.theory.uat      section 1: G(x) = sum_j alpha_j sigma(w_j . x + theta_j), fitting,
                          target functions, and a measured error-vs-N table

@@ -1,4 +1,4 @@
-"""Static vs dynamic UAT at equal parameter count (PAPER.md section 3).
+"""Static vs dynamic UAT at equal parameter count (docs/method.md section 3).
 
 Section 3 shows a residual network is a UAT whose parameters depend on the input, and the
 paper credits that input-dependence for the fitting power. This module puts the claim to a
@@ -19,6 +19,7 @@ import time
 import torch
 from torch import nn
 
+from duat.checks import whole
 from duat.theory.uat import UAT, count_parameters, errors, fit_adam, get_target, make_data
 
 DYNAMIC = ("alpha", "theta")
@@ -36,8 +37,7 @@ class DynamicUAT(nn.Module):
         super().__init__()
         if not dynamic or any(p not in DYNAMIC for p in dynamic):
             raise ValueError(f"dynamic must be a non-empty subset of {DYNAMIC}, got {dynamic!r}")
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"hypernetwork width k must be a positive int, got {k!r}")
+        k = whole("hypernetwork width k", k)
         self.base = UAT(in_dim, N, activation)  # w, theta0, alpha0
         self.dynamic = tuple(p for p in DYNAMIC if p in dynamic)
         self.P = nn.Linear(in_dim, k)                       # hypernetwork hidden layer

@@ -1,4 +1,4 @@
-"""The Matrix-Vector Method (PAPER.md section 2): every layer as y = W x + b.
+"""The Matrix-Vector Method (docs/method.md section 2): every layer as y = W x + b.
 
 `mvm(module, x)` returns (W, b) with
 

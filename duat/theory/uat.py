@@ -1,4 +1,4 @@
-"""Universal approximation (PAPER.md section 1): the one-hidden-layer network
+"""Universal approximation (docs/method.md section 1): the one-hidden-layer network
 
     G(x) = sum_{j=1..N} alpha_j * sigma(w_j . x + theta_j)
 
@@ -10,14 +10,15 @@ error falls as the budget N grows. Nothing here asserts the theory; the table is
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
+from duat.checks import whole
 from duat.counting import count_parameters  # noqa: F401  (re-exported: UAT parameter counts)
+from duat.runtime import threads
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "sigmoid": torch.sigmoid,
@@ -37,9 +38,7 @@ class UAT(nn.Module):
 
     def __init__(self, in_dim: int, N: int, activation: str = "tanh"):
         super().__init__()
-        for name, value in (("in_dim", in_dim), ("N", N)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        in_dim, N = whole("in_dim", in_dim), whole("N", N)
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}: expected one of {', '.join(ACTIVATIONS)}")
         self.in_dim, self.N, self.activation = in_dim, N, activation
@@ -142,7 +141,7 @@ def fit_lstsq(model: UAT, x: torch.Tensor, y: torch.Tensor, rcond: float = 1e-12
     """Keep the hidden units (w, theta), solve for alpha by least squares (in float64)."""
     if y.shape != (x.shape[0],):
         raise ValueError(f"y must have shape ({x.shape[0]},) to match x, got {tuple(y.shape)}")
-    with single_thread():  # one thread: the same solution, bit for bit, on every run
+    with threads(1):  # one thread: the same solution, bit for bit, on every run
         phi = model.hidden(x.to(model.w.dtype)).double()  # (B, N)
         alpha = torch.linalg.lstsq(phi, y.double()[:, None], rcond=rcond, driver="gelsd").solution[:, 0]
     model.alpha.copy_(alpha.to(model.alpha.dtype))
@@ -157,7 +156,9 @@ def fit_adam(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 10
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     losses = []
-    with single_thread():
+    # These models are tiny: one thread is never slower, and on a shared CPU two threads
+    # that wait on each other were measured about 10x slower.
+    with threads(1):
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
             loss = torch.mean((model(x) - y) ** 2)
@@ -166,21 +167,6 @@ def fit_adam(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 10
             sched.step()
             losses.append(loss.item())
     return losses
-
-
-@contextmanager
-def single_thread():
-    """Run torch on one CPU thread inside the block, then restore the previous setting.
-
-    These models are tiny: one thread is never slower, and on a shared CPU two threads that
-    wait on each other were measured about 10x slower.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @torch.no_grad()

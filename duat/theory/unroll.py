@@ -1,4 +1,4 @@
-"""Serial residual networks unrolled into dynamic-UAT terms (PAPER.md section 3).
+"""Serial residual networks unrolled into dynamic-UAT terms (docs/method.md section 3).
 
 A serial residual network computes x_l = x_{l-1} + f_l(x_{l-1}), l = 1..L. Unrolling gives
 
@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from duat.paraformer import Block, ParaFormer, ParallelStage
-from duat.theory.mvm import matmul, matvec, mvm
-from duat.theory.uat import single_thread
+from duat.runtime import threads
+from duat.theory.mvm import _kit_attention_maps, matmul, matvec, mvm
 
 ACTS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
@@ -153,7 +153,7 @@ class Unrolled:
 
     def reconstruct(self) -> torch.Tensor:
         """x_0 + sum of the terms, in the input's shape (B, *shape)."""
-        with torch.no_grad(), single_thread():
+        with torch.no_grad(), threads(1):
             out = self.x0 + sum(self.term_values())
         return out.view(-1, *self.shape)
 
@@ -179,8 +179,6 @@ def _conv_term(block: ResidualConvBlock, x0, x_prev) -> UATTerm:
 
 
 def _transformer_term(block, x0, x_prev) -> TransformerTerm:
-    from duat.theory.mvm import _kit_attention_maps
-
     B, T, D = x0.shape
     maps, As, cs, Us, bts = [], [], [], [], []
     for i in range(B):  # the MVM is per example
@@ -255,7 +253,7 @@ def unroll(net: nn.Module, x0: torch.Tensor) -> Unrolled:
     the residual stream and not unrolled). Runs on one CPU thread: the work is many small
     per-example matrix products, for which extra threads only add waiting.
     """
-    with torch.no_grad(), single_thread():
+    with torch.no_grad(), threads(1):
         return _unroll(net, x0)
 
 

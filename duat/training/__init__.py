@@ -1,5 +1,5 @@
 """Training Para-Former: the loop (`engine`), a live plot for notebooks (`live`) and the
-`duat train` command (`cli`). PAPER.md section 5.
+`duat train` command (`cli`). docs/method.md section 5.
 
     from duat.training import TrainConfig, fit, evaluate
 """

@@ -10,15 +10,23 @@ results.json (config, seed, device, versions, wall time, test accuracy) and curv
 A folder that holds an earlier run is never overwritten unless --overwrite is given;
 --resume continues the run in it. Bad input exits with status 2 and says what was
 expected; Ctrl-C keeps the last checkpoint, writes the history so far and exits 130.
-PAPER.md section 5.
+docs/method.md section 5.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+
+import torch
+
+from duat.data import dataset_info, load_data
+from duat.registry import create_model, model_config
+from duat.runtime import environment_info, seed_everything, select_device
+from duat.storage import atomic_write_json, prepare_output_dir, write_csv, write_figure
+from duat.training.engine import TrainConfig, evaluate, fit, load_checkpoint
+from duat.training.live import plot_history
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,16 +65,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`duat train` (bad input raises; duat.cli reports it with status 2)."""
-    import torch
-
-    from duat.data import dataset_info, load_data
-    from duat.experiments import write_csv
-    from duat.registry import create_model, model_config
-    from duat.runtime import environment_info, seed_everything, select_device
-    from duat.storage import atomic_savefig, atomic_write_json, prepare_output_dir
-    from duat.training.engine import TrainConfig, evaluate, fit, load_checkpoint
-    from duat.training.live import plot_history
-
     # 1. Check everything that can be checked before touching any file.
     info = dataset_info(args.dataset)
     overrides = {k: v for k, v in (("patch_size", args.patch_size), ("dropout", args.dropout))
@@ -126,15 +124,7 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_json(out / "results.json", record)
     write_csv(out / "history.csv", result.history)
     if result.history:
-        import matplotlib
-
-        if "matplotlib.pyplot" not in sys.modules:
-            matplotlib.use("Agg")  # a file, not a window
-        import matplotlib.pyplot as plt
-
-        fig = plot_history(result.history, f"{args.model} on {info.name}")
-        atomic_savefig(fig, out / "curves.png", dpi=120)
-        plt.close(fig)
+        write_figure(plot_history(result.history, f"{args.model} on {info.name}"), out / "curves.png")
     print(f"{result.status} after {result.epochs_completed} epoch(s) in {record['wall_time_s']:.1f} s; "
           f"test accuracy {test['accuracy']:.4f} ({test['samples']} images); results in {out}/")
     return 130 if result.status == "interrupted" else 0

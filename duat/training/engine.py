@@ -1,6 +1,6 @@
 """The training loop: fit() and evaluate() in plain PyTorch, with checkpoints and resume.
 
-Used by `duat train`, `duat reproduce` (PAPER.md section 5: accuracy against the number
+Used by `duat train`, `duat reproduce` (docs/method.md section 5: accuracy against the number
 of parallel layers, data scale and diversity) and the training notebooks. Any nn.Module
 mapping images (B, C, H, W) to logits (B, K) and any iterable of (x, y) batches will do.
 
@@ -18,6 +18,10 @@ the history, so a run resumed from it ends with exactly the weights an uninterru
 would have (on CPU, same seed). Ctrl-C ends fit() early but cleanly: the last good
 checkpoint stays on disk and the history so far is returned. A `stop_event`
 (threading.Event) or a callback returning "stop" ends training before the next batch.
+
+The loop waits for the device only every LOG_EVERY steps (to show the loss and check it
+is finite) and at the end of each epoch: the running sums stay on the device, and a
+batch event's loss is copied from it only when a callback reads it.
 """
 from __future__ import annotations
 
@@ -34,12 +38,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
+from duat.checks import real, whole
 from duat.runtime import seed_everything, select_device
 from duat.storage import CHECKPOINT_FORMAT, CHECKPOINT_KEYS, atomic_torch_save, load_tensors
 
 # Config fields that do not change the weights' layout: a checkpoint may differ in these.
 _LAYOUT_FREE = ("dropout", "attn_dropout", "debug_checks")
+# Steps between two readings of the loss (the progress bar's, and the check that it is
+# finite): with the epoch ends, the only times the loop waits for the device.
+LOG_EVERY = 10
 
 
 @dataclass
@@ -58,15 +67,9 @@ class TrainConfig:
     checkpoint_every: int = 1        # epochs between checkpoints (the last epoch always)
 
     def __post_init__(self):
-        def positive_int(name):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-
-        positive_int("epochs")
-        positive_int("checkpoint_every")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        self.epochs = whole("epochs", self.epochs)
+        self.checkpoint_every = whole("checkpoint_every", self.checkpoint_every)
+        real("lr", self.lr, 0, math.inf, low_open=True, high_open=True)
         if not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr!r}")
         if not self.warmup_epochs >= 0:
@@ -77,9 +80,27 @@ class TrainConfig:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
+        self.seed = whole("seed", self.seed, minimum=0)
         self.betas = tuple(self.betas)
+
+
+class _ReadOnFirstUse:
+    """A dataclass field that may be given a 0-d tensor and reads as its float: the value
+    is copied from the device (a sync) only when someone reads it, and then kept."""
+
+    def __set_name__(self, owner, name):
+        self.slot = "_" + name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return None  # the field's default
+        value = obj.__dict__[self.slot]
+        if isinstance(value, torch.Tensor):
+            value = obj.__dict__[self.slot] = value.item()
+        return value
+
+    def __set__(self, obj, value):
+        obj.__dict__[self.slot] = value
 
 
 @dataclass
@@ -89,7 +110,9 @@ class TrainEvent:
     kind: str
     epoch: int                       # 1-based epoch this event belongs to
     step: int                        # optimisation steps taken so far
-    loss: float | None = None        # the batch's loss ('batch' events)
+    # the batch's loss ('batch' events): a float, copied from the device when first read,
+    # so that a callback that does not read it costs the GPU no sync
+    loss: float | None = _ReadOnFirstUse()
     record: dict | None = None       # the epoch's record ('epoch' events)
     history: list = field(default_factory=list)  # every completed epoch's record
 
@@ -212,16 +235,15 @@ def predict(model: nn.Module, loader: Iterable, device: str | torch.device | Non
     device = _device_of(model) if device is None else torch.device(device)
     was_training = model.training
     model.eval()
-    preds, labels, logits = [], [], []
+    labels, logits = [], []
     try:
-        for x, y in loader:
-            out = model(x.to(device)).float().cpu()
-            logits.append(out)
-            preds.append(out.argmax(1))
-            labels.append(y.cpu())
+        for x, y in loader:  # kept on the device: one copy to the CPU at the end, not a sync per batch
+            logits.append(model(x.to(device)).float())
+            labels.append(y)
     finally:
         model.train(was_training)
-    return torch.cat(preds), torch.cat(labels), torch.cat(logits)
+    logits = torch.cat(logits).cpu()
+    return logits.argmax(1), torch.cat([y.cpu() for y in labels]), logits
 
 
 @torch.no_grad()
@@ -232,21 +254,25 @@ def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device | No
     use_amp, amp_dtype = _amp_settings(device, amp)
     was_training = model.training
     model.eval()
-    loss_sum, correct, count = 0.0, 0, 0
+    # Per-batch sums stay on the device; one copy at the end, added up in Python floats in
+    # batch order: the same numbers as reading every batch, without a sync per batch.
+    loss_sums, corrects, count = [], [], 0
     t0 = time.perf_counter()
     try:
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 logits = model(x)
-            loss_sum += F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing,
-                                        reduction="sum").item()
-            correct += (logits.argmax(1) == y).sum().item()
+            loss_sums.append(F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing,
+                                             reduction="sum"))
+            corrects.append((logits.argmax(1) == y).sum())
             count += y.numel()
     finally:
         model.train(was_training)
     if count == 0:
         raise ValueError("the evaluation loader yielded no examples")
+    loss_sum = sum(torch.stack(loss_sums).tolist(), 0.0)
+    correct = sum(torch.stack(corrects).tolist(), 0)
     seconds = time.perf_counter() - t0
     return {"loss": loss_sum / count, "accuracy": correct / count, "samples": count,
             "seconds": seconds, "samples_per_s": count / max(seconds, 1e-9)}
@@ -322,8 +348,6 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
 
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, unit="step",
                    desc="training", dynamic_ncols=True)
 
@@ -359,7 +383,7 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
             model.train()
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), dtype=torch.long, device=device)
-            seen, t0, stopped = 0, time.perf_counter(), False
+            seen, t0, stopped, checked = 0, time.perf_counter(), False, step
             for x, y in train_loader:
                 if stop_event is not None and stop_event.is_set():
                     stopped = True
@@ -379,27 +403,31 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
                 scaler.step(optimizer)
                 scaler.update()
                 step += 1
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"the loss became {loss_value} at epoch {epoch + 1}, "
-                                             f"step {step}; try a lower lr or grad_clip")
                 loss_sum += loss.detach() * y.numel()
                 correct += (logits.argmax(1) == y).sum()
                 seen += y.numel()
+                loss_value = None  # read from the device at the logging steps only
+                if step % LOG_EVERY == 0 or step == total_steps:
+                    loss_value, running = torch.stack((loss.detach(), loss_sum)).tolist()
+                    _check_finite(running, epoch + 1, checked, step)
+                    checked = step
                 if bar is not None:
                     bar.update(1)
-                    if step % 10 == 0 or step == total_steps:
+                    if loss_value is not None:
                         bar.set_postfix(epoch=epoch + 1, loss=f"{loss_value:.3f}", refresh=False)
-                if callbacks and wants_stop(TrainEvent("batch", epoch + 1, step, loss=loss_value,
-                                                       history=history)):
+                if callbacks and wants_stop(TrainEvent(
+                        "batch", epoch + 1, step, history=history,
+                        loss=loss.detach() if loss_value is None else loss_value)):
                     stopped = True
                     break
             if stopped:  # a partial epoch: not recorded, not checkpointed
                 status = "stopped"
                 break
             train_s = time.perf_counter() - t0
+            running = loss_sum.item()
+            _check_finite(running, epoch + 1, checked, step)
             record = {"epoch": epoch + 1, "step": step, "lr": lr,
-                      "train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
+                      "train_loss": running / seen, "train_acc": correct.item() / seen,
                       "train_samples_per_s": seen / max(train_s, 1e-9)}
             if val_loader is not None:
                 val = evaluate(model, val_loader, device, label_smoothing=config.label_smoothing,
@@ -427,6 +455,15 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
             bar.close()
     return FitResult(model=model, history=history, status=status, epochs_completed=epochs_done,
                      step=step, checkpoint=last_saved, wall_time_s=time.perf_counter() - t_start)
+
+
+def _check_finite(loss_sum: float, epoch: int, checked: int, step: int) -> None:
+    """FloatingPointError if the epoch's running loss sum is NaN or inf: some loss of the
+    steps after `checked` (the last step seen finite) up to `step` was."""
+    if not math.isfinite(loss_sum):
+        where = f"step {step}" if step == checked + 1 else f"one of steps {checked + 1}-{step}"
+        raise FloatingPointError(f"the loss became {loss_sum} at epoch {epoch}, {where}; "
+                                 f"try a lower lr or grad_clip")
 
 
 def _warn_config_change(saved: dict, config: TrainConfig) -> None:

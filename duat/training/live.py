@@ -5,18 +5,21 @@
 `plot_history(history)` draws loss and accuracy per epoch (train and validation) from the
 records fit() returns; `duat train` saves it as curves.png. LivePlot is a fit() callback
 that redraws the same figure in place in a Jupyter output (one updating image, no
-flicker); outside a notebook it does nothing. matplotlib and IPython are imported lazily.
+flicker); outside a notebook it does nothing (IPython, which it needs, is imported when it
+is first called). `draw_history` draws the two panels onto given axes: plot_history, and
+the live trainer's dashboard (duat.widgets.trainer), draw the curves through it.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
+import matplotlib.pyplot as plt
 
-def plot_history(history: Sequence[dict], title: str | None = None, figsize=(9.0, 3.2)):
-    """A figure with two panels: loss and accuracy against epoch (train, and val if present)."""
-    import matplotlib.pyplot as plt
+from duat.checks import whole
 
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=figsize)
+
+def draw_history(ax_loss, ax_acc, history: Sequence[dict]) -> None:
+    """Loss and accuracy against epoch (train, and validation if recorded) on two axes."""
     epochs = [r["epoch"] for r in history]
     for key, label, ax in (("train_loss", "train", ax_loss), ("val_loss", "validation", ax_loss),
                            ("train_acc", "train", ax_acc), ("val_acc", "validation", ax_acc)):
@@ -29,6 +32,12 @@ def plot_history(history: Sequence[dict], title: str | None = None, figsize=(9.0
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend()
+
+
+def plot_history(history: Sequence[dict], title: str | None = None, figsize=(9.0, 3.2)):
+    """A figure with two panels: loss and accuracy against epoch (train, and val if present)."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=figsize)
+    draw_history(ax_loss, ax_acc, history)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -39,9 +48,7 @@ class LivePlot:
     """fit() callback: redraw the loss / accuracy curves after every epoch, in place."""
 
     def __init__(self, title: str | None = None, every: int = 1):
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a positive int, got {every!r}")
-        self.title, self.every, self._handle = title, every, None
+        self.title, self.every, self._handle = title, whole("every", every), None
 
     def __call__(self, event) -> None:
         if event.kind != "epoch" or event.epoch % self.every:
@@ -53,8 +60,6 @@ class LivePlot:
             return None
         if get_ipython() is None:  # a plain script or terminal: nothing to draw into
             return None
-        import matplotlib.pyplot as plt
-
         fig = plot_history(event.history, self.title)
         if self._handle is None:
             self._handle = display(fig, display_id=True)

@@ -1,5 +1,5 @@
 """Freezing and fine-tuning: which parts of a Para-Former learn, and the two-phase recipe
-(head first, then the body) that PAPER.md section 5, claim 4 fine-tunes with.
+(head first, then the body) that docs/method.md section 5, claim 4 fine-tunes with.
 
     freeze(model, "blocks")           # or "embed", "all-but-head", a list; unfreeze(model)
     train_head(model, train, val, TrainConfig(epochs=2))

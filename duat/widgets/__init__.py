@@ -1,5 +1,5 @@
 """Interactive dashboards for notebook 09: vary depth m and width n, watch latency and
-accuracy move (PAPER.md sections 4-5).
+accuracy move (docs/method.md sections 4-5).
 
     from duat.widgets import DepthWidthExplorer, LiveTrainer, dashboard
 
@@ -14,14 +14,14 @@ between two batches while it times, so that it times the models and nothing else
 ipywidgets and matplotlib are imported here, so import this module only where widgets
 are wanted (`import duat` does not import it).
 """
+import ipywidgets as w
+
 from duat.widgets.explorer import DepthWidthExplorer
 from duat.widgets.trainer import LiveTrainer
 
 
 def dashboard(explorer_kwargs: dict | None = None, trainer_kwargs: dict | None = None):
     """The explorer and the trainer in two tabs; returns (tab widget, explorer, trainer)."""
-    import ipywidgets as w
-
     explorer = DepthWidthExplorer(**(explorer_kwargs or {}))
     trainer = LiveTrainer(**(trainer_kwargs or {}))
     tabs = w.Tab(children=[explorer.widget, trainer.widget])

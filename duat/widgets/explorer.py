@@ -1,7 +1,7 @@
 """The depth/width explorer: time Para-Former-m-n against the serial ViT-(m*n) of the same
 FLOPs on this device, and place both on a latency-vs-layers plot with the FLOP bound.
 
-The maths is PAPER.md section 4: both models have m*n encoder layers and the same FLOPs;
+The maths is docs/method.md section 4: both models have m*n encoder layers and the same FLOPs;
 the serial one must run them one after another, Para-Former runs each stage's n layers
 as one batched computation. Timing uses the benchmark's own code (duat.bench.harness):
 untimed warm-up calls first, then the two models' timed calls in alternating rounds with
@@ -21,8 +21,11 @@ import time
 
 import ipywidgets as w
 import torch
+from IPython.display import display
 
+from duat.bench import harness  # by module: its timing is what is measured (and what tests fake)
 from duat.counting import count_parameters, flops
+from duat.paraformer import ParaFormer
 from duat.registry import create_model, model_config
 from duat.runtime import available_devices
 from duat.widgets.render import figure_png, html_table, new_figure
@@ -184,10 +187,8 @@ class DepthWidthExplorer:
     def peak_gflops(self, device: str) -> float:
         """The device's matmul rate (measured once per device, cached)."""
         if device not in self._peaks:
-            from duat.bench.harness import matmul_peak
-
             sizes = (512, 1024) if device == "cpu" else None
-            self._peaks[device] = matmul_peak(device, "float32", sizes=sizes, reps=5)["gflops"]
+            self._peaks[device] = harness.matmul_peak(device, "float32", sizes=sizes, reps=5)["gflops"]
         return self._peaks[device]
 
     def measure(self) -> list[dict] | None:
@@ -231,11 +232,9 @@ class DepthWidthExplorer:
 
     def _time_both(self) -> list[dict] | None:
         """The two records, timed by the benchmark's own loop; None (and a message) on error."""
-        from duat.bench.harness import BenchSpec, Case, make_callable, summarize, time_cases
-
         s = self.state
         device = torch.device(s["device"])
-        spec = BenchSpec(warmup=WARMUP_CALLS, reps=max(3, self.reps), min_reps=3, rounds=ROUNDS,
+        spec = harness.BenchSpec(warmup=WARMUP_CALLS, reps=max(3, self.reps), min_reps=3, rounds=ROUNDS,
                          max_case_seconds=self.seconds_per_model)
         self._say("measuring ...")
         self.measure_button.disabled = True
@@ -248,9 +247,9 @@ class DepthWidthExplorer:
             for name in self.model_names():
                 torch.manual_seed(0)
                 model = create_model(name, dim=s["dim"], heads=s["heads"], **self.image).eval().to(device)
-                cases.append(Case(name, "eager", model.config.layers, s["batch"], model,
-                                   make_callable(model, x, "eager")))
-            time_cases(cases, spec, device, say=lambda _: None)
+                cases.append(harness.Case(name, "eager", model.config.layers, s["batch"], model,
+                                          harness.make_callable(model, x, "eager")))
+            harness.time_cases(cases, spec, device, say=lambda _: None)
         except Exception as err:  # shown on the dashboard, never raised into the page
             self._say(f"<b style='color:#b00'>measurement failed: {type(err).__name__}: {html.escape(str(err))}</b>")
             return None
@@ -258,7 +257,7 @@ class DepthWidthExplorer:
             self.measure_button.disabled = False
         new = []
         for case in cases:
-            c, stats = case.model.config, summarize(case.seconds)
+            c, stats = case.model.config, harness.summarize(case.seconds)
             fl = flops(c, s["batch"])
             earlier = [r["median_ms"] for r in self._readings(case.implementation)]
             new.append(dict(model=case.implementation, label=_label(case.implementation),
@@ -327,8 +326,6 @@ class DepthWidthExplorer:
         self.plot.value = figure_png(fig)
 
     def _ipython_display_(self):
-        from IPython.display import display
-
         display(self.widget)
 
 
@@ -340,7 +337,5 @@ def _label(name: str) -> str:
 
 
 def _params(config) -> int:
-    from duat.paraformer import ParaFormer
-
     with torch.device("meta"):  # count without allocating weights
         return count_parameters(ParaFormer(config))

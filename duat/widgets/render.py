@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import io
 
+from matplotlib.figure import Figure
+
 
 def new_figure(width: float = 7.0, height: float = 3.6):
     """A matplotlib Figure not tied to pyplot (no global state, thread-safe)."""
-    from matplotlib.figure import Figure
-
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 

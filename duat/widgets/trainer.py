@@ -19,7 +19,15 @@ import time
 import weakref
 
 import ipywidgets as w
+import torch
+from IPython.display import display
 
+from duat.counting import count_parameters
+from duat import data as datasets  # by module: load_data is looked up when a run starts
+from duat.registry import create_model
+from duat.runtime import seed_everything, select_device
+from duat.training import TrainConfig, evaluate, fit
+from duat.training.live import draw_history
 from duat.widgets.render import figure_png, html_table, new_figure
 
 MODELS = ["pf-1-1", "pf-1-2", "pf-1-4", "pf-1-8", "pf-2-2", "pf-2-4", "pf-4-2",
@@ -53,12 +61,10 @@ class LiveTrainer:
     def __init__(self, model: str = "pf-1-4", dataset: str = "digits", epochs: int = 5,
                  size: str = "tiny", lr: float = 2e-3, batch_size: int = 64, seed: int = 0,
                  device: str = "cpu", fraction: float | None = None):
-        from duat.data import list_datasets
-
         style = {"description_width": "80px"}
         self.model = w.Dropdown(options=sorted(set(MODELS) | {model}), value=model,
                                 description="model", style=style)
-        self.dataset = w.Dropdown(options=list_datasets(), value=dataset, description="dataset", style=style)
+        self.dataset = w.Dropdown(options=datasets.list_datasets(), value=dataset, description="dataset", style=style)
         self.size = w.Dropdown(options=["tiny", "small"], value=size, description="size", style=style)
         self.epochs = w.IntSlider(value=epochs, min=1, max=50, description="epochs",
                                   continuous_update=False, style=style)
@@ -161,20 +167,12 @@ class LiveTrainer:
 
     # ------------------------------------------------------------------ the run
     def _run(self, s: dict) -> None:
-        import torch
-
-        from duat.counting import count_parameters
-        from duat.data import load_data
-        from duat.registry import create_model
-        from duat.runtime import seed_everything, select_device
-        from duat.training import TrainConfig, evaluate, fit
-
         t0 = time.perf_counter()
         try:
             device = select_device(s["device"])
             self._say(f"loading {s['dataset']} ...")
             seed_everything(s["seed"])
-            data = load_data(s["dataset"], fraction=s["fraction"], seed=s["seed"])
+            data = datasets.load_data(s["dataset"], fraction=s["fraction"], seed=s["seed"])
             model = create_model(s["model"], size=s["size"], **data.model_kwargs())
             train, val, test = data.loaders(batch_size=s["batch_size"], seed=s["seed"])
             self.progress.max = s["epochs"] * len(train)
@@ -217,24 +215,9 @@ class LiveTrainer:
         self.message_html.value = text
 
     def _draw(self) -> None:
-        fig = new_figure(8.0, 3.0)
-        ax_loss, ax_acc = fig.subplots(1, 2)
-        h = self.history
-        if h:
-            ep = [r["epoch"] for r in h]
-            ax_loss.plot(ep, [r["train_loss"] for r in h], "o-", label="train")
-            if "val_loss" in h[0]:
-                ax_loss.plot(ep, [r["val_loss"] for r in h], "s-", label="validation")
-            ax_acc.plot(ep, [r["train_acc"] for r in h], "o-", label="train")
-            if "val_acc" in h[0]:
-                ax_acc.plot(ep, [r["val_acc"] for r in h], "s-", label="validation")
-            ax_loss.legend(fontsize=8)
-            ax_acc.legend(fontsize=8)
-        ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-        ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+        fig = new_figure(8.0, 3.0)  # off pyplot: drawn from the training thread
+        draw_history(*fig.subplots(1, 2), self.history)  # the curves `duat train` saves
         self.plot.value = figure_png(fig)
 
     def _ipython_display_(self):
-        from IPython.display import display
-
         display(self.widget)

@@ -1,5 +1,6 @@
 """`duat reproduce finetune`: does a pre-trained serial ViT help Para-Former when data is
-limited? PAPER.md section 5, claim 4.
+limited? docs/method.md section 5, claim 4. Its plots and tables are in
+duat.experiments.plots, what it shares with the sweeps in duat.experiments.runs.
 
 The experiment, for each target dataset:
 
@@ -36,20 +37,32 @@ Quick profile: k = 5, 10, 20, layouts vit-4 / pf-2-2 / pf-1-4, 5 seeds, one CPU 
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import csv
-import io
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Sequence
 
-import numpy as np
+import torch
 
-from duat.storage import PARTIAL  # an unfinished run's records (see --resume)
+from duat.checks import whole, wholes
+from duat.convert import ASSIGNMENTS, load_state_dict_checked
+from duat.data import dataset_info, load_data
+from duat.experiments.plots import (format_carry_over, format_table, layout_order, plot_carry_over,
+                                    plot_curves)
+from duat.experiments.runs import (default_output_dir as experiment_dir, kept_on_stop,
+                                   load_results as _load_results, stats, stderr,
+                                   write_results as _write_results)
+from duat.paraformer import ParaFormer
+from duat.registry import create_model, parse_name
+from duat.runtime import environment_info, seed_everything, select_device
+from duat.runtime import threads as using_threads
+from duat.storage import PARTIAL  # noqa: F401 - an unfinished run's records (see --resume)
+from duat.storage import (UnreadableFileError, atomic_torch_save, finish_partial, load_tensors,
+                          open_run_dir, save_partial)
+from duat.training.engine import TrainConfig, evaluate, fit
+from duat.training.tuning import fine_tune, paraformer_in, steps_to_epochs, train_head
+from duat.transfer import ResizeInput, load_source, plan, transfer
 
 EXPERIMENT = "finetune"
 INITS = ("pretrained", "scratch")
@@ -102,22 +115,12 @@ class FinetuneSpec:
         if self.target_classes is not None:
             self.target_classes = tuple(self.target_classes)
         for name in ("steps", "batch_size", "source_epochs", "source_batch_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+            whole(name, getattr(self, name))
         for name in ("head_steps", "carry_steps"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
-        for k in self.per_class:
-            if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-                raise ValueError(f"per_class values must be positive ints, got {self.per_class!r}")
-        for s in self.seeds:
-            if not isinstance(s, int) or isinstance(s, bool) or s < 0:
-                raise ValueError(f"seeds must be non-negative ints, got {self.seeds!r}")
-        from duat.registry import parse_name
-        from duat.transfer import plan
-
+            whole(name, getattr(self, name), minimum=0)
+        if not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in self.per_class):
+            raise ValueError(f"per_class values must be positive ints, got {self.per_class!r}")
+        self.seeds = wholes("seeds", self.seeds, minimum=0)
         L = parse_name(self.source_model)[0]  # a serial ViT-L (checked when it is built)
         for name in self.layouts:
             m, n = parse_name(name)
@@ -153,8 +156,6 @@ def make_spec(profile: str = "quick", **overrides) -> FinetuneSpec:
 # ----------------------------------------------------------------------------- the source
 
 def _train_config(spec: FinetuneSpec, epochs: int, lr: float, seed: int, warmup: bool = True):
-    from duat.training import TrainConfig
-
     return TrainConfig(epochs=epochs, lr=lr, weight_decay=spec.weight_decay, seed=seed,
                        warmup_epochs=spec.warmup_fraction * epochs if warmup else 0.0,
                        device=spec.device, checkpoint_every=epochs)
@@ -164,10 +165,6 @@ def get_source(spec: FinetuneSpec, progress: bool = False, trained: dict | None 
     """(the serial source as a ParaFormer in eval mode, the source task's splits or None,
     a record of what it is). `trained`: a pre-trained source's state dict and record from an
     interrupted run (the resume path), loaded instead of training again."""
-    from duat.runtime import seed_everything
-    from duat.training import evaluate, fit
-    from duat.transfer import load_source
-
     t0 = time.perf_counter()
     if spec.source != "pretrain":
         model = load_source(spec.source, arch=spec.source_arch, progress=progress).eval()
@@ -175,10 +172,6 @@ def get_source(spec: FinetuneSpec, progress: bool = False, trained: dict | None 
         return model, None, {"kind": "weights", "name": spec.source, "layers": c.layers,
                              "dim": c.dim, "image_size": c.image_size, "patch_size": c.patch_size,
                              "num_classes": c.num_classes, "seconds": time.perf_counter() - t0}
-    from duat.convert import load_state_dict_checked
-    from duat.data import load_data
-    from duat.registry import create_model
-
     splits = load_data(spec.source_dataset, classes=spec.source_classes, seed=spec.source_seed,
                        root=spec.data_root, download=spec.download)
     train, _, test = splits.loaders(batch_size=spec.source_batch_size, seed=spec.source_seed)
@@ -204,15 +197,11 @@ def get_source(spec: FinetuneSpec, progress: bool = False, trained: dict | None 
 
 
 def _wrap(model, image_size: int, data_size: int):
-    from duat.transfer import ResizeInput
-
     return model if image_size == data_size else ResizeInput(model, image_size)
 
 
 def _target_shape(spec: FinetuneSpec, source, dataset: str) -> tuple[int, int, int]:
     """(image size the models see, the dataset's own image size, channels)."""
-    from duat.data import dataset_info
-
     info = dataset_info(dataset)
     size = spec.image_size or info.image_size
     if size % source.config.patch_size:
@@ -225,11 +214,6 @@ def _target_shape(spec: FinetuneSpec, source, dataset: str) -> tuple[int, int, i
 
 def _pooled_and_logits(model, loader):
     """(pooled features (N, D), logits (N, K)) of a ParaFormer (or ResizeInput) over a loader."""
-    import torch
-
-    from duat.training.tuning import paraformer_in
-    from duat.transfer import ResizeInput
-
     pf = paraformer_in(model)
     device = next(pf.parameters()).device
     feats, logits = [], []
@@ -253,17 +237,6 @@ def carry_over(source, spec: FinetuneSpec, dataset: str, source_splits=None) -> 
     the source task at hand, source-task accuracy after carry_steps steps of training on it
     ("source_acc_after"), next to the same architecture trained from scratch for as many
     steps ("source_scratch_after")."""
-    import torch
-
-    from duat.convert import ASSIGNMENTS
-    from duat.data import load_data
-    from duat.paraformer import ParaFormer
-    from duat.registry import parse_name
-    from duat.runtime import seed_everything, select_device
-    from duat.training import evaluate, fit
-    from duat.training.tuning import steps_to_epochs
-    from duat.transfer import plan, transfer
-
     size, data_size, channels = _target_shape(spec, source, dataset)
     device = select_device(spec.device)
     target_test = load_data(dataset, classes=spec.target_classes, seed=0, root=spec.data_root,
@@ -314,13 +287,6 @@ def carry_over(source, spec: FinetuneSpec, dataset: str, source_splits=None) -> 
 
 def finetune_run(source, spec: FinetuneSpec, splits, layout: str, init: str, seed: int) -> dict:
     """Train one model on the target splits; its record (test accuracy and how it got there)."""
-    from duat.registry import parse_name
-    from duat.runtime import seed_everything
-    from duat.training import evaluate, fit
-    from duat.training.tuning import fine_tune, steps_to_epochs, train_head
-    from duat.transfer import transfer
-    from duat.paraformer import ParaFormer
-
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     m, n = parse_name(layout)
@@ -369,8 +335,6 @@ def run_grid(source, spec: FinetuneSpec, dataset: str, progress: bool = False,
     """Every (samples per class, seed, layout, init) run on one target dataset. `done`: records
     of runs already made (by run key), reused instead of trained; `on_record(key, record)` is
     called after each new run."""
-    from duat.data import load_data
-
     done = done or {}
     records = []
     for k in spec.per_class:
@@ -399,17 +363,11 @@ def run_grid(source, spec: FinetuneSpec, dataset: str, progress: bool = False,
     return records
 
 
-def _stats(values: Sequence[float]) -> dict:
-    a = np.asarray(values, dtype=float)
-    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
-            "min": float(a.min()), "max": float(a.max()), "n": int(len(a))}
-
-
 def summarize(records: list[dict]) -> list[dict]:
     """One row per (dataset, layout, per_class): test accuracy of both inits over seeds
     (mean, sample std, min, max), the head-only probe, and the paired gain."""
     keys = sorted({(r["dataset"], r["layout"], r["per_class"]) for r in records},
-                  key=lambda t: (t[0], _layout_order(t[1]), t[2]))
+                  key=lambda t: (t[0], layout_order(t[1]), t[2]))
     rows = []
     for dataset, layout, k in keys:
         group = [r for r in records if (r["dataset"], r["layout"], r["per_class"]) == (dataset, layout, k)]
@@ -417,15 +375,15 @@ def summarize(records: list[dict]) -> list[dict]:
         row = {"dataset": dataset, "layout": layout, "per_class": k,
                "train_size": group[0]["train_size"]}
         for init in INITS:
-            s = _stats([r["test_acc"] for r in by_init[init].values()]) if by_init[init] else None
+            s = stats([r["test_acc"] for r in by_init[init].values()]) if by_init[init] else None
             for stat in ("mean", "std", "min", "max", "n"):
                 row[f"{init}_{stat}"] = None if s is None else s[stat]
         probes = [r["head_acc"] for r in by_init["pretrained"].values() if r["head_acc"] is not None]
-        row["probe_mean"] = _stats(probes)["mean"] if probes else None
-        row["probe_std"] = _stats(probes)["std"] if probes else None
+        row["probe_mean"] = stats(probes)["mean"] if probes else None
+        row["probe_std"] = stats(probes)["std"] if probes else None
         paired = [by_init["pretrained"][s]["test_acc"] - by_init["scratch"][s]["test_acc"]
                   for s in by_init["pretrained"] if s in by_init["scratch"]]
-        g = _stats(paired) if paired else None
+        g = stats(paired) if paired else None
         row["gain_mean"] = None if g is None else g["mean"]
         row["gain_std"] = None if g is None else g["std"]
         row["gain_wins"] = sum(d > 0 for d in paired)            # seeds where pretrained is better
@@ -433,125 +391,11 @@ def summarize(records: list[dict]) -> list[dict]:
     return rows
 
 
-def _layout_order(name: str):
-    from duat.registry import parse_name
-
-    m, n = parse_name(name)
-    return (-m, n)          # the serial ViT first, then fewer stages
-
-
-def format_table(summary: list[dict]) -> str:
-    """Plain-text table: accuracy mean +- std over seeds."""
-    def ms(mean, std):
-        return "-" if mean is None else f"{mean:.3f} +- {std:.3f}"
-
-    lines = [f"{'dataset':<9} {'layout':<8} {'k':>3}  {'pretrained':>15}  {'head only':>15}  "
-             f"{'scratch':>15}  {'gain':>16}  wins"]
-    for r in summary:
-        lines.append(f"{r['dataset']:<9} {r['layout']:<8} {r['per_class']:>3}  "
-                     f"{ms(r['pretrained_mean'], r['pretrained_std']):>15}  "
-                     f"{ms(r['probe_mean'], r['probe_std']):>15}  "
-                     f"{ms(r['scratch_mean'], r['scratch_std']):>15}  "
-                     f"{ms(r['gain_mean'], r['gain_std']):>16}  {r['gain_wins']}/{r['pretrained_n']}")
-    return "\n".join(lines)
-
-
-def format_carry_over(rows: list[dict]) -> str:
-    """Plain-text table of carry_over rows (source-task accuracy before / after a few steps)."""
-    def f(v):
-        return "-" if v is None else f"{v:.3f}"
-
-    lines = [f"{'dataset':<9} {'layout':<8} {'assignment':<12} {'source acc':>10} "
-             f"{'after':>6} {'scratch':>7} {'agreement':>9} {'cosine':>7}  placement"]
-    for r in rows:
-        lines.append(f"{r['dataset']:<9} {r['layout']:<8} {r['assignment']:<12} "
-                     f"{f(r['source_acc']):>10} {f(r.get('source_acc_after')):>6} "
-                     f"{f(r.get('source_scratch_after')):>7} {r['agreement']:>9.3f} "
-                     f"{r['feature_cosine']:>7.3f}  {r['placement']}")
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- plots
-
-def plot_curves(results: dict):
-    """Test accuracy against examples per class: one panel per (dataset, layout);
-    pretrained (fine-tuned), head only, and scratch, mean +- std over seeds."""
-    import matplotlib.pyplot as plt
-
-    summary = results["summary"]
-    datasets = list(dict.fromkeys(r["dataset"] for r in summary))
-    layouts = sorted(dict.fromkeys(r["layout"] for r in summary), key=_layout_order)
-    fig, axes = plt.subplots(len(datasets), len(layouts), figsize=(3.6 * len(layouts), 3.2 * len(datasets)),
-                             squeeze=False, sharey="row")
-    styles = [("pretrained", "fine-tuned from the source", "C0", "-"),
-              ("probe", "head only (source blocks frozen)", "C0", ":"),
-              ("scratch", "from scratch", "C3", "--")]
-    for i, dataset in enumerate(datasets):
-        for j, layout in enumerate(layouts):
-            ax = axes[i][j]
-            rows = sorted((r for r in summary if r["dataset"] == dataset and r["layout"] == layout),
-                          key=lambda r: r["per_class"])
-            ks = [r["per_class"] for r in rows]
-            for key, label, color, ls in styles:
-                means = [r[f"{key}_mean"] for r in rows]
-                if any(v is None for v in means):
-                    continue
-                stds = [r[f"{key}_std"] for r in rows]
-                ax.errorbar(ks, means, yerr=stds, color=color, ls=ls, marker="o", ms=4,
-                            capsize=3, label=label)
-            ax.set_xscale("log")
-            ax.set_xticks(ks, [str(k) for k in ks])
-            ax.minorticks_off()
-            ax.set_title(f"{dataset}: {layout}")
-            ax.set_xlabel("training examples per class")
-            if j == 0:
-                ax.set_ylabel("test accuracy")
-            ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8, loc="upper left")
-    n = results["spec"]["seeds"]
-    fig.suptitle(f"Limited-data fine-tuning (mean +- std over {len(n)} seeds; {results['profile']} profile)")
-    fig.tight_layout()
-    return fig
-
-
-def plot_carry_over(results: dict):
-    """What each layout keeps of the serial source: as converted (no training), after a few
-    source-task steps, and the same steps from scratch; then agreement and feature cosine."""
-    import matplotlib.pyplot as plt
-
-    rows = results["carry_over"]
-    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    rows = [r for r in rows if r["dataset"] == datasets[0]]
-    labels = [f"{r['layout']}\n{r['assignment']}" for r in rows]
-    metrics = [("source_acc", "source-task accuracy, as converted"),
-               ("source_acc_after", "... after a few source-task steps"),
-               ("source_scratch_after", "same steps from scratch"),
-               ("agreement", "agrees with the source (target images)"),
-               ("feature_cosine", "feature cosine to the source (target images)")]
-    metrics = [(k, l) for k, l in metrics if all(r.get(k) is not None for r in rows)]
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.5 * len(rows) + 2), 3.8))
-    width = 0.8 / len(metrics)
-    x = np.arange(len(rows))
-    for i, (key, label) in enumerate(metrics):
-        ax.bar(x + (i - (len(metrics) - 1) / 2) * width, [r[key] for r in rows], width, label=label)
-    ax.set_xticks(x, labels, fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("fraction")
-    ax.set_title("The serial source's blocks in each layout: as converted, and after a few "
-                 "source-task steps", fontsize=10)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
 # ----------------------------------------------------------------------------- the experiment
 
 def default_output_dir(profile: str) -> Path:
     """Where a new run is written by default: finetune/ (quick) or finetune-full/ of
     duat.locations.output_dir() (duat/results/ in a checkout, ./results/ when installed)."""
-    from duat.experiments import default_output_dir as experiment_dir
-
     return experiment_dir(EXPERIMENT, profile)
 
 
@@ -560,8 +404,6 @@ PARTIAL_SOURCE = "partial_source.pt"  # an unfinished run's pre-trained source: 
 
 def _load_partial_source(path: Path) -> dict:
     """{"state_dict": tensors, "info": plain data} as run_experiment keeps it (no pickle runs)."""
-    from duat.storage import UnreadableFileError, load_tensors
-
     what = ("finetune source (the one an interrupted `duat reproduce finetune` keeps; "
             "--overwrite starts afresh)")
     trained = load_tensors(path, what)
@@ -580,11 +422,6 @@ def run_experiment(profile: str = "quick", out: str | Path | None = None, overwr
 
     The runs made so far are kept in `<out>/partial.json` after every run (and a pre-trained
     source in partial_source.pt); `resume=True` (CLI: --resume) continues an interrupted run."""
-    import torch
-
-    from duat.runtime import environment_info
-    from duat.storage import atomic_torch_save, finish_partial, open_run_dir, save_partial
-
     spec = make_spec(profile, seeds=tuple(seeds) if seeds is not None else None, **overrides)
     identity = {"experiment": EXPERIMENT, "spec": asdict(spec)}
     out_dir, saved = open_run_dir(default_output_dir(spec.profile) if out is None else out,
@@ -596,10 +433,9 @@ def run_experiment(profile: str = "quick", out: str | Path | None = None, overwr
         if (out_dir / PARTIAL_SOURCE).is_file():
             trained = _load_partial_source(out_dir / PARTIAL_SOURCE)
     t0 = time.perf_counter()
-    threads = torch.get_num_threads()
-    if spec.threads:
-        torch.set_num_threads(spec.threads)
-    try:
+    kept = lambda: str(len(done)) if done else None  # noqa: E731
+    with using_threads(spec.threads or None), \
+            kept_on_stop(EXPERIMENT, out_dir, kept, stderr if progress else None):
         source, source_splits, source_info = get_source(spec, progress=progress, trained=trained)
         if source_info["kind"] == "pretrain" and trained is None:  # the same source on resume
             info = json.loads(json.dumps(source_info, default=str))  # plain data, as results.json
@@ -623,14 +459,6 @@ def run_experiment(profile: str = "quick", out: str | Path | None = None, overwr
                 print(format_carry_over([r for r in carry if r["dataset"] == dataset]), flush=True)
             runs += run_grid(source, spec, dataset, progress=progress, done=done, on_record=keep)
         environment = environment_info()                      # with the threads used
-    except BaseException as err:
-        if done and progress:
-            why = "interrupted" if isinstance(err, KeyboardInterrupt) else "stopped by an error"
-            print(f"finetune: {why}; {len(done)} runs are kept in {out_dir / PARTIAL}; "
-                  f"continue with --resume (resume=True)", file=sys.stderr, flush=True)
-        raise
-    finally:
-        torch.set_num_threads(threads)
     summary = summarize(runs)
     results = {"experiment": EXPERIMENT, "profile": spec.profile, "spec": asdict(spec),
                "source": source_info, "carry_over": carry, "summary": summary, "runs": runs,
@@ -644,82 +472,18 @@ def run_experiment(profile: str = "quick", out: str | Path | None = None, overwr
 
 
 def write_results(results: dict, out_dir: str | Path) -> None:
-    import matplotlib.pyplot as plt
-
-    from duat.storage import atomic_savefig, atomic_write_json, atomic_write_text
-
-    out_dir = Path(out_dir)
-    atomic_write_text(out_dir / "results.csv", _csv(results["summary"]))
-    atomic_write_text(out_dir / "runs.csv", _csv(results["runs"]))
-    for name, plot in (("finetune_curves.png", plot_curves), ("carry_over.png", plot_carry_over)):
-        fig = plot(results)
-        atomic_savefig(fig, out_dir / name, dpi=120)
-        plt.close(fig)
-    atomic_write_json(out_dir / "results.json", results)  # last: its presence marks a whole run
-
-
-def _csv(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    return buffer.getvalue()
+    """results.csv (the summary) and runs.csv (floats to 6 significant digits), the two
+    figures, then results.json."""
+    _write_results(results, out_dir, {"results.csv": results["summary"], "runs.csv": results["runs"]},
+                   {"finetune_curves.png": plot_curves, "carry_over.png": plot_carry_over},
+                   float_format=".6g")
 
 
 def load_results(path: str | Path | None = None) -> dict:
     """results.json of an earlier run (a folder or the file itself; default: the committed
     quick-profile results that ship with the kit, duat/results/finetune/, or
     $DUAT_RESULTS/finetune/: see duat.locations.committed)."""
-    from duat.locations import committed
-
-    path = committed(EXPERIMENT) if path is None else Path(path)
-    if path.is_dir():
-        path = path / "results.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no results at {path}; run `duat reproduce finetune --quick` "
-                                f"(or duat.finetune.run_experiment) first")
-    return json.loads(path.read_text())
-
-
-# ----------------------------------------------------------------------------- command line
-# `duat reproduce finetune [--quick | --full]`: duat.experiments owns the `reproduce` parser
-# (--quick/--full, --out, --overwrite, --seeds, --device, --threads, --data-root,
-# --no-download, --no-progress) and hands a run named "finetune" to `run` below;
-# `add_arguments` adds the options only this experiment has.
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("finetune only")
-    group.add_argument("--weights", metavar="SOURCE",
-                       help="pre-trained source: a torchvision weights name, a state-dict file or a "
-                            "kit checkpoint (default: quick pre-trains a ViT-4 on digits 0-4; full "
-                            "uses ViT_B_16_Weights.IMAGENET1K_V1)")
-    group.add_argument("--arch", help="architecture of a plain state-dict file (vit_b_16, vit-4, ...)")
-    group.add_argument("--datasets", nargs="+", metavar="NAME", help="target dataset(s)")
-    group.add_argument("--per-class", type=int, nargs="+", metavar="K",
-                       help="training examples per class of the target task")
-    group.add_argument("--layouts", nargs="+", metavar="NAME",
-                       help="layouts with m * n = L of the source, e.g. vit-4 pf-2-2 pf-1-4")
-    group.add_argument("--select", choices=("first", "last", "spread"),
-                       help="which source blocks when a layout has m * n < L")
-
-
-def run(args: argparse.Namespace) -> int:
-    """`duat reproduce finetune` (args: the `reproduce` parser's namespace; bad input raises,
-    and duat.cli reports it with status 2)."""
-    from duat.runtime import profile
-
-    if args.compare:
-        raise ValueError("--compare is not supported for the finetune experiment")
-    chosen = profile(args.profile)
-    results = run_experiment(
-        chosen, out=args.out, overwrite=args.overwrite, seeds=args.seeds,
-        progress=not args.no_progress, resume=args.resume, source=args.weights,
-        source_arch=args.arch, targets=args.datasets, per_class=args.per_class,
-        layouts=args.layouts, select=args.select, device=args.device, threads=args.threads,
-        data_root=args.data_root, download=False if args.no_download else None)
-    if args.no_progress:
-        print(format_table(results["summary"]))
-    print(f"\nfine-tuning from a pre-trained serial ViT ({chosen} profile, "
-          f"{len(results['runs'])} runs, {results['wall_time_s']:.0f} s)")
-    return 0
+    if path is None:
+        return _load_results(EXPERIMENT, names=(EXPERIMENT,))
+    return _load_results(path, hint="run `duat reproduce finetune --quick` (or "
+                                    "duat.experiments.finetune.run_experiment) first")

@@ -1,0 +1,223 @@
+"""How `duat reproduce` shows results: the figures of the sweeps (seaborn lines, mean over
+seeds with +-1 sd bars, seeds as dots) and of the fine-tuning experiment (accuracy against
+examples per class; what each layout keeps of the serial source), and the plain-text tables
+both print. Each figure function takes a results dict and returns a matplotlib figure;
+duat.experiments.runs.write_results saves and closes it.
+"""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from duat.registry import parse_name
+
+
+# ----------------------------------------------------------------------------- labels
+
+def label(model: str) -> str:
+    """'ViT-L' or 'Para-Former-m-n' for a registry name."""
+    m, n = parse_name(model)
+    return f"ViT-{m}" if n == 1 else f"Para-Former-{m}-{n}"
+
+
+def layout_order(name: str) -> tuple[int, int]:
+    """Sort key of fine-tuning layouts: the serial ViT first, then fewer stages."""
+    m, n = parse_name(name)
+    return (-m, n)
+
+
+def results_frame(results: dict) -> pd.DataFrame:
+    """A sweep's records as a pandas DataFrame (for seaborn), with readable labels."""
+    df = pd.DataFrame([{k: v for k, v in r.items() if k not in ("config", "versions", "classes")}
+                       for r in results["records"]])
+    df["label"] = [label(m) for m in df["model"]]
+    df["family_label"] = df["family"].map({"vit": "ViT-L (serial)", "paraformer": "Para-Former (parallel)"})
+    return df
+
+
+# ----------------------------------------------------------------------------- the sweeps
+
+def plot_sweep(results: dict, title: str | None = None):
+    """A sweep's figure, by what it sweeps (results["x"]); `title`: the experiment's
+    (default: the one the results file keeps)."""
+    df = results_frame(results)
+    x = results["x"]
+    sd = ("sd", 1)
+    where = f"{results['environment'].get('device_name', '')}, {results['profile']} profile, " \
+            f"{len(set(df['seed']))} seeds"
+    if x == "width":
+        pf = df[df["depth"] == 1].assign(n=lambda d: d["width"], kind="Para-Former-1-n (n parallel)")
+        vit = df[df["width"] == 1].assign(n=lambda d: d["depth"], kind="ViT-n (n in series)")
+        data = pd.concat([pf, vit], ignore_index=True)
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        sns.lineplot(data=data, x="n", y="test_acc", hue="kind", style="kind", markers=True,
+                     dashes=False, errorbar=sd, err_style="bars", ax=ax)
+        sns.stripplot(data=data, x="n", y="test_acc", hue="kind", native_scale=True, dodge=False,
+                      alpha=0.35, size=3, legend=False, ax=ax)
+        ax.set(xscale="log", xlabel="n (encoder layers; same parameter count for both)",
+               ylabel="test accuracy")
+        ax.set_xticks(sorted(data["n"].unique()), labels=[str(v) for v in sorted(data["n"].unique())])
+    elif x == "layers":
+        fig, (ax_h, ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+        grid = df.groupby(["depth", "width"])["test_acc"].mean().unstack("width")
+        grid = grid.loc[sorted(df.loc[df["width"] > 1, "depth"].unique())]  # the m x n grid only
+        sns.heatmap(grid, annot=True, fmt=".3f", cmap="viridis", ax=ax_h,
+                    cbar_kws={"label": "mean test accuracy"})
+        ax_h.set(xlabel="n (parallel layers per stage)", ylabel="m (stages in series)",
+                 title="Para-Former-m-n (n = 1: ViT-m)")
+        data = df.assign(series=[f"n = {w}" + (" (ViT-L)" if w == 1 else "") for w in df["width"]])
+        sns.lineplot(data=data, x="layers", y="test_acc", hue="series", style="series", markers=True,
+                     dashes=False, errorbar=sd, err_style="bars", ax=ax)
+        ax.set(xscale="log", xlabel="L = m * n encoder layers (parameter count grows with L)",
+               ylabel="test accuracy", title="against the number of layers")
+        ticks = sorted(df["layers"].unique())
+        ax.set_xticks(ticks, labels=[str(t) for t in ticks])
+    elif x == "fraction":
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        sns.lineplot(data=df, x="fraction", y="test_acc", hue="label", style="label", markers=True,
+                     dashes=False, errorbar=sd, err_style="bars", ax=ax)
+        ticks = sorted(df["fraction"].unique())
+        ax.set(xscale="log", xlabel="share of the training set (same number of steps)",
+               ylabel="test accuracy")
+        ax.set_xticks(ticks, labels=[f"{t:.0%}" for t in ticks])
+    elif x == "num_classes":
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+        for a, y, name in ((ax, "test_acc", "test accuracy"),
+                           (ax2, "test_acc_above_chance", "accuracy above chance, (acc - 1/k)/(1 - 1/k)")):
+            sns.lineplot(data=df, x="num_classes", y=y, hue="label", style="label", markers=True,
+                         dashes=False, errorbar=sd, err_style="bars", ax=a)
+            a.set(xlabel="k classes (same number of training images)", ylabel=name)
+            a.set_xticks(sorted(df["num_classes"].unique()))
+    else:  # pragma: no cover - registry entries use the four above
+        raise ValueError(f"no plot for x={x!r}")
+    fig.suptitle(f"{title or results['title']}\n({where}; bars: mean +- 1 sd)", fontsize=10)
+    for a in fig.axes:
+        if a.get_ylabel() and "accuracy" in a.get_ylabel():
+            a.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+
+def plot_curves(results: dict):
+    """Test accuracy against examples per class: one panel per (dataset, layout);
+    pretrained (fine-tuned), head only, and scratch, mean +- std over seeds."""
+    summary = results["summary"]
+    datasets = list(dict.fromkeys(r["dataset"] for r in summary))
+    layouts = sorted(dict.fromkeys(r["layout"] for r in summary), key=layout_order)
+    fig, axes = plt.subplots(len(datasets), len(layouts), figsize=(3.6 * len(layouts), 3.2 * len(datasets)),
+                             squeeze=False, sharey="row")
+    styles = [("pretrained", "fine-tuned from the source", "C0", "-"),
+              ("probe", "head only (source blocks frozen)", "C0", ":"),
+              ("scratch", "from scratch", "C3", "--")]
+    for i, dataset in enumerate(datasets):
+        for j, layout in enumerate(layouts):
+            ax = axes[i][j]
+            rows = sorted((r for r in summary if r["dataset"] == dataset and r["layout"] == layout),
+                          key=lambda r: r["per_class"])
+            ks = [r["per_class"] for r in rows]
+            for key, name, color, ls in styles:
+                means = [r[f"{key}_mean"] for r in rows]
+                if any(v is None for v in means):
+                    continue
+                stds = [r[f"{key}_std"] for r in rows]
+                ax.errorbar(ks, means, yerr=stds, color=color, ls=ls, marker="o", ms=4,
+                            capsize=3, label=name)
+            ax.set_xscale("log")
+            ax.set_xticks(ks, [str(k) for k in ks])
+            ax.minorticks_off()
+            ax.set_title(f"{dataset}: {layout}")
+            ax.set_xlabel("training examples per class")
+            if j == 0:
+                ax.set_ylabel("test accuracy")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8, loc="upper left")
+    n = results["spec"]["seeds"]
+    fig.suptitle(f"Limited-data fine-tuning (mean +- std over {len(n)} seeds; {results['profile']} profile)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_carry_over(results: dict):
+    """What each layout keeps of the serial source: as converted (no training), after a few
+    source-task steps, and the same steps from scratch; then agreement and feature cosine."""
+    rows = results["carry_over"]
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    rows = [r for r in rows if r["dataset"] == datasets[0]]
+    labels = [f"{r['layout']}\n{r['assignment']}" for r in rows]
+    metrics = [("source_acc", "source-task accuracy, as converted"),
+               ("source_acc_after", "... after a few source-task steps"),
+               ("source_scratch_after", "same steps from scratch"),
+               ("agreement", "agrees with the source (target images)"),
+               ("feature_cosine", "feature cosine to the source (target images)")]
+    metrics = [(k, l) for k, l in metrics if all(r.get(k) is not None for r in rows)]
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.5 * len(rows) + 2), 3.8))
+    width = 0.8 / len(metrics)
+    x = np.arange(len(rows))
+    for i, (key, name) in enumerate(metrics):
+        ax.bar(x + (i - (len(metrics) - 1) / 2) * width, [r[key] for r in rows], width, label=name)
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("fraction")
+    ax.set_title("The serial source's blocks in each layout: as converted, and after a few "
+                 "source-task steps", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- tables
+
+def format_summary(results: dict, metric: str = "test_acc") -> str:
+    """A plain-text table: one line per configuration, mean +- sd over seeds."""
+    lines = []
+    for r in results["summary"]:
+        variant = []
+        if r["fraction"] != 1.0:
+            variant.append(f"fraction {r['fraction']:g}")
+        if r["per_class"] is not None:
+            variant.append(f"{r['num_classes']} classes x {r['per_class']}")
+        extra = ""
+        if metric == "test_acc" and results["x"] == "num_classes":
+            extra = (f"   above chance {r['test_acc_above_chance_mean']:.4f} "
+                     f"+- {r['test_acc_above_chance_std']:.4f}")
+        lines.append(f"{label(r['model']):18s} {', '.join(variant) or 'all data':26s} "
+                     f"{r[f'{metric}_mean']:.4f} +- {r[f'{metric}_std']:.4f} "
+                     f"(min {r[f'{metric}_min']:.4f}, max {r[f'{metric}_max']:.4f}, {r['seeds']} seeds)"
+                     + extra)
+    return "\n".join(lines)
+
+
+def format_table(summary: list[dict]) -> str:
+    """Plain-text table: accuracy mean +- std over seeds."""
+    def ms(mean, std):
+        return "-" if mean is None else f"{mean:.3f} +- {std:.3f}"
+
+    lines = [f"{'dataset':<9} {'layout':<8} {'k':>3}  {'pretrained':>15}  {'head only':>15}  "
+             f"{'scratch':>15}  {'gain':>16}  wins"]
+    for r in summary:
+        lines.append(f"{r['dataset']:<9} {r['layout']:<8} {r['per_class']:>3}  "
+                     f"{ms(r['pretrained_mean'], r['pretrained_std']):>15}  "
+                     f"{ms(r['probe_mean'], r['probe_std']):>15}  "
+                     f"{ms(r['scratch_mean'], r['scratch_std']):>15}  "
+                     f"{ms(r['gain_mean'], r['gain_std']):>16}  {r['gain_wins']}/{r['pretrained_n']}")
+    return "\n".join(lines)
+
+
+def format_carry_over(rows: list[dict]) -> str:
+    """Plain-text table of carry_over rows (source-task accuracy before / after a few steps)."""
+    def f(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    lines = [f"{'dataset':<9} {'layout':<8} {'assignment':<12} {'source acc':>10} "
+             f"{'after':>6} {'scratch':>7} {'agreement':>9} {'cosine':>7}  placement"]
+    for r in rows:
+        lines.append(f"{r['dataset']:<9} {r['layout']:<8} {r['assignment']:<12} "
+                     f"{f(r['source_acc']):>10} {f(r.get('source_acc_after')):>6} "
+                     f"{f(r.get('source_scratch_after')):>7} {r['agreement']:>9.3f} "
+                     f"{r['feature_cosine']:>7.3f}  {r['placement']}")
+    return "\n".join(lines)

@@ -1,0 +1,125 @@
+"""What every experiment of `duat reproduce` shares: where its results go and are read
+from, the statistics over seeds, the progress lines, the one message an interrupted run
+leaves, and writing a finished run (CSV tables, figures, then results.json).
+
+A run's folder is opened by duat.storage.open_run_dir (refusals, --resume), its records so
+far kept with save_partial after every run, and dropped by finish_partial once results.json
+is written; the thread count is duat.runtime.threads (restored afterwards, also on error).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Sequence
+
+from tqdm.auto import tqdm
+
+from duat.locations import committed, output_dir
+from duat.storage import PARTIAL, atomic_write_json, read_results, write_csv, write_figure
+
+Say = Callable[[str], None]
+
+
+# ----------------------------------------------------------------------------- folders
+
+def results_folder(name: str, profile: str) -> str:
+    """The folder name of an experiment's results: NAME (quick) or NAME-PROFILE."""
+    return name if profile == "quick" else f"{name}-{profile}"
+
+
+def default_output_dir(name: str, profile: str) -> Path:
+    """Where a new run of `name` in `profile` is written unless --out says otherwise
+    (duat.locations.output_dir: duat/results/ in a checkout, ./results/ when installed,
+    $DUAT_RESULTS if set). To read the committed results, use load_results(name)."""
+    return output_dir(results_folder(name, profile))
+
+
+def load_results(name_or_path: str | Path, names: Sequence[str] = (), hint: str | None = None) -> dict:
+    """results.json of an experiment: by one of `names`, the committed quick results that
+    ship with the kit (or $DUAT_RESULTS/<name>, see duat.locations.committed); else a
+    results.json or the folder of one. A missing file is a FileNotFoundError that ends in how
+    to make it (`hint`, or: give a file, its folder, or one of `names`)."""
+    name = str(name_or_path)
+    if name in names:
+        path = committed(results_folder(name, "quick"))
+        hint = f"run `duat reproduce {name} --quick` first"
+    else:
+        path = Path(name_or_path)
+        hint = hint or f"give a results.json, its folder, or an experiment's name ({', '.join(names)})"
+    return read_results(path, hint)
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def stats(values: Sequence[float]) -> dict:
+    """mean, sample std (n - 1; 0.0 for one value), min, max and n of some numbers."""
+    values = list(values)
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return {"mean": mean, "std": std, "min": min(values), "max": max(values), "n": len(values)}
+
+
+# ----------------------------------------------------------------------------- progress
+
+def stderr(text: str) -> None:
+    """A line on stderr, at once (where a stop is reported when there is no `log`)."""
+    print(text, file=sys.stderr, flush=True)
+
+
+class Progress:
+    """A progress bar over a run's trainings (or none), and where its lines go: above the
+    bar, else to `log` (None: nowhere)."""
+
+    def __init__(self, total: int, desc: str, bar: bool, log: Say | None):
+        self.bar = tqdm(total=total, unit="run", desc=desc, dynamic_ncols=True) if bar else None
+        self.log = log
+
+    def say(self, text: str) -> None:
+        if self.log is not None:
+            (self.bar.write if self.bar is not None else self.log)(text)
+
+    def advance(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@contextlib.contextmanager
+def kept_on_stop(name: str, out_dir: Path | None, kept: Callable[[], str | None],
+                 say: Say | None) -> Iterator[None]:
+    """Around a run's trainings: when they stop (Ctrl-C or an error), say once how many runs
+    partial.json keeps and how to continue, then let the stop go on. `kept()`: the count to
+    name ("3" or "3 of 8"), None when nothing is kept (then nothing is said)."""
+    try:
+        yield
+    except BaseException as err:
+        count = kept() if out_dir is not None and say is not None else None
+        if count:
+            why = "interrupted" if isinstance(err, KeyboardInterrupt) else "stopped by an error"
+            say(f"{name}: {why}; {count} runs are kept in {Path(out_dir) / PARTIAL}; "
+                f"continue with --resume (resume=True)")
+        raise
+
+
+# ----------------------------------------------------------------------------- writing
+
+def write_results(results: dict, out_dir: str | Path, tables: Mapping[str, Sequence[dict]],
+                  figures: Mapping[str, Callable[[dict], object]], float_format: str | None = None,
+                  **savefig_kwargs) -> None:
+    """A finished run's files in `out_dir`: each table as CSV (duat.storage.write_csv, floats
+    in `float_format`), each figure (drawn from `results`, saved at dpi 120 with
+    `savefig_kwargs`), and results.json last: its presence marks a whole run."""
+    out_dir = Path(out_dir)
+    for file_name, rows in tables.items():
+        write_csv(out_dir / file_name, rows, float_format=float_format)
+    for file_name, draw in figures.items():
+        write_figure(draw(results), out_dir / file_name, **savefig_kwargs)
+    atomic_write_json(out_dir / "results.json", results)
