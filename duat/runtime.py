@@ -14,6 +14,8 @@ import random
 import sys
 from typing import Any, Iterator
 
+from duat.checks import whole
+
 PROFILES = ("quick", "full")
 PROFILE_ENV = "DUAT_PROFILE"
 DEVICE_ENV = "DUAT_DEVICE"
@@ -172,8 +174,6 @@ def threads(n: int | None) -> Iterator[int]:
     """Run the block with torch using `n` intra-op threads (None: leave the count as it is),
     and restore the earlier count afterwards, also on error. Yields the count in force."""
     import torch
-
-    from duat.checks import whole
 
     old = torch.get_num_threads()
     if n is not None:

@@ -125,6 +125,11 @@ def write_csv(path: str | os.PathLike, rows: Sequence[dict], columns: Sequence[s
     """Rows of scalars as CSV, atomically. Columns: `columns`, or every key in order of first
     appearance; values that are dicts are skipped, lists and tuples become 'a;b;c'; floats are
     written with `float_format` (e.g. ".6g"; None: Python's shortest repr)."""
+    rows = list(rows)
+    bad = next((r for r in rows if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise TypeError(f"write_csv takes rows as dicts (column -> value), got a "
+                        f"{type(bad).__name__}: {bad!r}")
     if columns is None:
         columns = []
         for row in rows:
@@ -149,7 +154,7 @@ def write_csv(path: str | os.PathLike, rows: Sequence[dict], columns: Sequence[s
 def read_results(path: str | os.PathLike, hint: str, keys: Sequence[str] = ()) -> dict:
     """A finished run's results.json (`path`: the file or its folder). A missing file is a
     FileNotFoundError ending in `hint` (how to make or find one); a file that is not JSON or
-    lacks one of `keys` is an UnreadableFileError."""
+    is not a JSON object or lacks one of `keys` is an UnreadableFileError."""
     path = Path(path)
     if path.is_dir():
         path = path / "results.json"
@@ -159,7 +164,10 @@ def read_results(path: str | os.PathLike, hint: str, keys: Sequence[str] = ()) -
         results = json.loads(path.read_text())
     except ValueError as err:
         raise UnreadableFileError(f"{path} is not a readable results file: {err}") from err
-    missing = [k for k in keys if not isinstance(results, dict) or k not in results]
+    if not isinstance(results, dict):
+        raise UnreadableFileError(f"{path} is not a results file: it holds a JSON "
+                                  f"{type(results).__name__}, not an object")
+    missing = [k for k in keys if k not in results]
     if missing:
         raise UnreadableFileError(f"{path} is not a results file of this kind: no "
                                   f"{', '.join(map(repr, missing))}")

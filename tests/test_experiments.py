@@ -229,6 +229,16 @@ def test_load_results_explains_what_is_missing(tmp_path, monkeypatch):
         ex.load_results("data-scale")
 
 
+def test_compare_with_a_file_that_is_not_an_experiments_results_is_one_line(tmp_path, capsys):
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "ref" / "results.json").write_text('{"records": []}')  # e.g. a benchmark's, cut short
+    args = ["reproduce", "accuracy-vs-width", "--out", str(tmp_path / "new"), "--compare", str(tmp_path / "ref")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a results file of this kind: no 'experiment'" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref"]  # nothing trained or written
+
+
 # ----------------------------------------------------------------------------- CLI
 
 def test_cli_list_and_bad_names(capsys):

@@ -242,3 +242,24 @@ def test_the_command_line_draws_with_agg_for_the_call_only(monkeypatch):
     monkeypatch.delitem(sys.modules, "matplotlib", raising=False)
     assert cli.main(["info"]) == 0
     assert seen["backend"] == "Agg" and "MPLBACKEND" not in os.environ
+
+
+def test_read_results_refuses_what_is_not_a_results_object(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no results at .*: run it first"):
+        storage.read_results(tmp_path, "run it first")
+    (tmp_path / "results.json").write_text("[1, 2]")
+    with pytest.raises(storage.UnreadableFileError, match="holds a JSON list, not an object"):
+        storage.read_results(tmp_path, "run it first")
+    (tmp_path / "results.json").write_text('{"records": []}')
+    with pytest.raises(storage.UnreadableFileError, match="no 'summary'"):
+        storage.read_results(tmp_path / "results.json", "", keys=("records", "summary"))
+    assert storage.read_results(tmp_path, "", keys=("records",)) == {"records": []}
+
+
+def test_write_csv_columns_lists_floats_and_refusals(tmp_path):
+    rows = [{"a": 1, "b": [1, 2], "skip": {"x": 1}}, {"a": 0.1234567, "c": "z"}]
+    storage.write_csv(tmp_path / "t.csv", rows, float_format=".3g")
+    assert (tmp_path / "t.csv").read_text() == "a,b,c\n1,1;2,\n0.123,,z\n"
+    with pytest.raises(TypeError, match="rows as dicts .* got a int"):
+        storage.write_csv(tmp_path / "u.csv", [1])
+    assert not (tmp_path / "u.csv").exists()

@@ -231,9 +231,9 @@ def load_results(path: str | Path) -> dict:
         names = ", ".join(p.name for p in list_runs(committed(BENCH_FOLDER))) or "none"
         raise FileNotFoundError(f"no benchmark results at {path}: give a run's folder, its "
                                 f"results.json, or the name of a committed run ({names})")
-    results = read_results(path, "")  # a file that is not JSON: one line, UnreadableFileError
+    results = read_results(path, "")  # not a JSON object: one line, UnreadableFileError
     for key in ("environment", "records"):
-        if not isinstance(results, dict) or key not in results:
+        if key not in results:
             raise ValueError(f"{path} is not a duat benchmark result: no {key!r}")
     return results
 

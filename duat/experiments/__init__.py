@@ -131,12 +131,12 @@ def run(args: argparse.Namespace) -> int:
     if len(names) > 1 and (args.out or args.compare):
         raise ValueError("--out and --compare need a single experiment, not 'all'")
     profile = check_profile(args.profile)
-    reference = load_results(args.compare) if args.compare else None
-    if reference is not None and args.out is None and not args.overwrite:
+    if args.compare and args.out is None and not args.overwrite:
         default = default_output_dir(names[0], profile)
         if default.is_dir() and any(default.iterdir()):
             raise FileExistsError(f"{default} already holds results; to rerun and compare "
                                   f"with them, write the rerun elsewhere: --out DIR")
+    reference = load_results(args.compare) if args.compare else None
     status = 0
     for name in names:
         results = run_experiment(name, profile, out=args.out, overwrite=args.overwrite,

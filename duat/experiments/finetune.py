@@ -66,6 +66,7 @@ from duat.transfer import ResizeInput, load_source, plan, transfer
 
 EXPERIMENT = "finetune"
 INITS = ("pretrained", "scratch")
+RESULT_KEYS = ("profile", "spec", "summary", "runs", "carry_over")  # what the tables and plots read
 
 
 @dataclass
@@ -484,6 +485,7 @@ def load_results(path: str | Path | None = None) -> dict:
     quick-profile results that ship with the kit, duat/results/finetune/, or
     $DUAT_RESULTS/finetune/: see duat.locations.committed)."""
     if path is None:
-        return _load_results(EXPERIMENT, names=(EXPERIMENT,))
+        return _load_results(EXPERIMENT, names=(EXPERIMENT,), keys=RESULT_KEYS)
     return _load_results(path, hint="run `duat reproduce finetune --quick` (or "
-                                    "duat.experiments.finetune.run_experiment) first")
+                                    "duat.experiments.finetune.run_experiment) first",
+                         keys=RESULT_KEYS)

@@ -36,11 +36,13 @@ def default_output_dir(name: str, profile: str) -> Path:
     return output_dir(results_folder(name, profile))
 
 
-def load_results(name_or_path: str | Path, names: Sequence[str] = (), hint: str | None = None) -> dict:
+def load_results(name_or_path: str | Path, names: Sequence[str] = (), hint: str | None = None,
+                 keys: Sequence[str] = ()) -> dict:
     """results.json of an experiment: by one of `names`, the committed quick results that
     ship with the kit (or $DUAT_RESULTS/<name>, see duat.locations.committed); else a
     results.json or the folder of one. A missing file is a FileNotFoundError that ends in how
-    to make it (`hint`, or: give a file, its folder, or one of `names`)."""
+    to make it (`hint`, or: give a file, its folder, or one of `names`); one that is not a
+    JSON object holding `keys` is a duat.storage.UnreadableFileError."""
     name = str(name_or_path)
     if name in names:
         path = committed(results_folder(name, "quick"))
@@ -48,7 +50,7 @@ def load_results(name_or_path: str | Path, names: Sequence[str] = (), hint: str 
     else:
         path = Path(name_or_path)
         hint = hint or f"give a results.json, its folder, or an experiment's name ({', '.join(names)})"
-    return read_results(path, hint)
+    return read_results(path, hint, keys)
 
 
 # ----------------------------------------------------------------------------- statistics

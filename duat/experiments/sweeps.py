@@ -406,7 +406,8 @@ def load_results(name_or_path: str | Path) -> dict:
     """results.json of an experiment: by name, the committed quick results that ship with
     the kit (or $DUAT_RESULTS/<name>, see duat.locations.committed); else a results.json or
     the folder of one."""
-    return _load_results(name_or_path, names=list(EXPERIMENTS))
+    return _load_results(name_or_path, names=list(EXPERIMENTS),
+                         keys=("experiment", "x", "profile", "records", "summary"))
 
 
 def plot_results(results: dict):
