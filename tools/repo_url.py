@@ -171,10 +171,16 @@ def _write(path: Path, new: str, old: str) -> bool:
 
 
 def _notebooks(root: Path) -> list[Path]:
-    found = sorted((root / "notebooks").glob("*.ipynb"))
+    found = sorted((root / "notebooks").glob("*.ipynb"))  # the chapters, then their solutions
+    found += sorted((root / "notebooks" / "solutions").glob("*.ipynb"))
     if not found:
         raise UsageError(f"no notebooks in {root / 'notebooks'}")
     return found
+
+
+def _name(root: Path, path: Path) -> str:
+    """The notebook's path under notebooks/, as its Colab link names it."""
+    return path.relative_to(root / "notebooks").as_posix()
 
 
 def _read_nb(path: Path):
@@ -190,7 +196,7 @@ def check(root: Path = ROOT) -> list[str]:
     out = []
     for path in _notebooks(root):
         _, nb = _read_nb(path)
-        out += [f"{path.relative_to(root)}: {p}" for p in notebook_problems(nb, path.name, url)]
+        out += [f"{path.relative_to(root)}: {p}" for p in notebook_problems(nb, _name(root, path), url)]
     readme = root / "README.md"
     out += [f"README.md: {p}" for p in readme_problems(readme.read_text(encoding="utf-8"), url)]
     return out
@@ -206,7 +212,7 @@ def set_url(root: Path = ROOT, url: str | None = None) -> list[str]:
     changed = [f"pyproject.toml: [project.urls] {url}"] if write_url(root, url) else []
     for path in _notebooks(root):
         text, nb = _read_nb(path)
-        what = fix_notebook(nb, path.name, url)
+        what = fix_notebook(nb, _name(root, path), url)
         if what and _write(path, nbformat.writes(nb, version=nbformat.NO_CONVERT) + "\n", text):
             changed.append(f"{path.relative_to(root)}: {', '.join(what)}")
     readme = root / "README.md"

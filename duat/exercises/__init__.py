@@ -1,0 +1,25 @@
+"""Exercises the kit checks: two to four per notebook, 01 to 09.
+
+Each exercise cell of a notebook ships as a stub that raises NotImplementedError; the learner
+writes the body and runs
+
+    from duat.exercises import check
+    check("1.1", uat_forward)
+
+which calls the answer on cases the notebook never shows and compares it with the kit's own
+implementation: "correct", or what is wrong with a hint (the shape, the first entry that
+differs, a likely cause). Worked solutions: notebooks/solutions/, one notebook per chapter.
+`reveal()` folds the answer to a "predict, then check" until the learner opens it.
+"""
+from duat.exercises import ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09  # noqa: F401  (they register)
+from duat.exercises.core import EXERCISES, Answer, Verdict, check, reveal
+
+__all__ = ["EXERCISES", "Answer", "Verdict", "check", "listing", "reveal"]
+
+
+def listing(notebook: str | int | None = None) -> str:
+    """The exercises as text lines 'id  title: expects', of one notebook or all."""
+    want = None if notebook is None else f"{int(notebook):02d}"
+    rows = [ex for ex in EXERCISES.values() if want in (None, ex.notebook)]
+    rows.sort(key=lambda ex: tuple(int(p) for p in ex.id.split(".")))
+    return "\n".join(f"{ex.id:<5} {ex.title}: {ex.expects}" for ex in rows)
