@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from duat import experiments as ex
 from duat.locations import RESULTS_ENV
@@ -171,6 +172,24 @@ def test_summarize_gives_mean_and_sample_std_over_seeds():
     assert main_row["test_acc_above_chance_mean"] == pytest.approx((0.9 - 0.1) / 0.9)
     assert rows[1]["seeds"] == 1 and rows[1]["test_acc_std"] == 0.0
     assert rows[2]["fraction"] == 0.5 and rows[2]["test_acc_mean"] == pytest.approx(0.7)
+
+
+def test_bootstrap_interval_is_the_percentile_interval_of_resampled_means():
+    values = [3.0, -1.0, 4.0, 1.0, 5.0, -2.0, 6.0]
+    low, high = ex.bootstrap_interval(values, level=0.9, resamples=400,
+                                      generator=torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)             # the documented recipe, step by step
+    idx = torch.randint(len(values), (400, len(values)), generator=g)
+    means = torch.tensor(values, dtype=torch.float64)[idx].mean(1)
+    assert (low, high) == (torch.quantile(means, 0.05).item(), torch.quantile(means, 0.95).item())
+    assert min(values) < low < sum(values) / len(values) < high < max(values)
+    wider = ex.bootstrap_interval(values, level=0.99, resamples=400,
+                                  generator=torch.Generator().manual_seed(7))
+    assert wider[0] <= low and wider[1] >= high      # a higher level, a wider interval
+    assert ex.bootstrap_interval([2.0, 2.0, 2.0]) == (2.0, 2.0)
+    for bad in ({"values": []}, {"values": [1.0], "level": 1.0}, {"values": [1.0], "resamples": 0}):
+        with pytest.raises(ValueError):
+            ex.bootstrap_interval(**bad)
 
 
 def test_compare_results_flags_differences_beyond_the_seed_spread():

@@ -18,6 +18,7 @@ from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 SEED = 20_261_202  # the unseen cases: not a seed any notebook uses
@@ -204,20 +205,39 @@ def compare(got: Any, expected: torch.Tensor, *, case: str, what: str = "the res
                 "small example the notebook shows.")
 
 
+def as_number(value: Any, what: str) -> float:
+    """A learner's number (int, float, numpy scalar, one-entry tensor) as a float, or
+    BadAnswer naming what it is."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, np.number):  # np.float64, np.int64 are numbers too
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadAnswer(f"{what} is {type(value).__name__} {_short(value)}, not a number.")
+    return float(value)
+
+
+def as_pair(value: Any, what: str) -> tuple[float, float]:
+    """A learner's pair of numbers, or BadAnswer."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise BadAnswer(f"{what} is {type(value).__name__} {_short(value)}, not a pair of two numbers.")
+    return (as_number(value[0], f"the first entry of {what}"),
+            as_number(value[1], f"the second entry of {what}"))
+
+
 def same_number(got: Any, expected: float, *, case: str, what: str = "the result",
                 rel: float = 1e-9, mistakes: Sequence[tuple[float, str]] = (), hint: str = "") -> None:
     """Raise Wrong unless the number `got` equals `expected` (relative tolerance `rel`)."""
-    if isinstance(got, torch.Tensor) and got.numel() == 1:
-        got = got.item()
-    if isinstance(got, bool) or not isinstance(got, (int, float)):
-        raise BadAnswer(f"{what} is {type(got).__name__} {_short(got)}, not a number.")
+    got = as_number(got, what)
     if math.isclose(got, expected, rel_tol=rel, abs_tol=rel):
         return
     message = f"{what} is {_num(got)} on {case}; expected {_num(expected)}."
+    if not math.isfinite(got):
+        raise Wrong(message, "an overflow or a division by zero? Check the case above by hand.")
     for wrong, why in mistakes:
         if math.isclose(got, wrong, rel_tol=rel, abs_tol=rel):
             raise Wrong(message, f"likely cause: {why}")
-    if expected and math.isclose(got / expected, round(got / expected), rel_tol=1e-9) and got != 0:
+    if expected and got != 0 and math.isclose(got / expected, round(got / expected), rel_tol=1e-9):
         raise Wrong(message, f"off by a factor of exactly {round(got / expected)}: a term counted "
                     "too often, or a multiply-add counted as one FLOP instead of two?")
     raise Wrong(message, hint or "work the small case by hand and compare term by term.")

@@ -43,7 +43,7 @@ import sys
 
 from duat.experiments import finetune
 from duat.experiments.plots import format_summary, label, plot_sweep, results_frame
-from duat.experiments.runs import default_output_dir, results_folder, stats
+from duat.experiments.runs import bootstrap_interval, default_output_dir, results_folder, stats
 from duat.experiments.sweeps import (CLASS_COUNTS, EXPERIMENTS, FRACTIONS, GRID_M, GRID_N,
                                      GROUP_KEYS, WIDTHS, Experiment, Plan, compare_results,
                                      get_experiment, list_experiments, load_results,
@@ -53,7 +53,7 @@ from duat.runtime import profile as check_profile
 from duat.storage import PARTIAL  # an unfinished run's records (see --resume)
 
 __all__ = ["CLASS_COUNTS", "EXPERIMENTS", "FRACTIONS", "GRID_M", "GRID_N", "GROUP_KEYS", "PARTIAL",
-           "WIDTHS", "Experiment", "Plan", "add_arguments", "compare_results",
+           "WIDTHS", "Experiment", "Plan", "add_arguments", "bootstrap_interval", "compare_results",
            "default_output_dir", "finetune", "format_summary", "get_experiment", "label",
            "list_experiments", "load_results", "missing_configurations", "plot_results",
            "plot_sweep", "results_folder", "results_frame", "run", "run_experiment", "stats",

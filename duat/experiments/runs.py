@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
+import torch
 from tqdm.auto import tqdm
 
 from duat.locations import committed, output_dir
@@ -61,6 +62,28 @@ def stats(values: Sequence[float]) -> dict:
     mean = sum(values) / len(values)
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
     return {"mean": mean, "std": std, "min": min(values), "max": max(values), "n": len(values)}
+
+
+def bootstrap_interval(values: Sequence[float], level: float = 0.95, resamples: int = 2000,
+                       generator: torch.Generator | None = None) -> tuple[float, float]:
+    """A percentile bootstrap interval for the mean of `values`: `resamples` resamples of
+    all n values drawn with replacement in one call,
+    `idx = torch.randint(n, (resamples, n), generator=generator)`, the mean of each row of
+    `values[idx]` (float64), and their (1 - level)/2 and (1 + level)/2 quantiles
+    (torch.quantile, linear interpolation). With the same generator state the interval is
+    the same on every machine."""
+    v = torch.as_tensor(list(values), dtype=torch.float64)
+    if v.dim() != 1 or v.numel() < 1:
+        raise ValueError("bootstrap_interval needs a non-empty sequence of numbers")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie strictly between 0 and 1, not {level}")
+    if int(resamples) != resamples or resamples < 1:
+        raise ValueError(f"resamples must be a positive whole number, not {resamples}")
+    idx = torch.randint(v.numel(), (int(resamples), v.numel()), generator=generator)
+    means = v[idx].mean(1)
+    low, high = torch.quantile(means, torch.tensor([(1 - level) / 2, (1 + level) / 2],
+                                                   dtype=torch.float64)).tolist()
+    return low, high
 
 
 # ----------------------------------------------------------------------------- progress
