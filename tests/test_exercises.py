@@ -10,6 +10,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 
 from duat.exercises import EXERCISES, check, listing
 from duat.exercises import core
@@ -92,6 +93,14 @@ def test_the_stub_is_not_attempted_and_bad_input_gets_a_clear_verdict(id):
         assert verdict.status == "bad input" and EXERCISES[id].expects in verdict.message, str(verdict)
     verdict = check(id, lambda *args, **kwargs: "not a number")
     assert verdict.status in ("bad input", "wrong") and "Traceback" not in str(verdict)
+
+
+@pytest.mark.parametrize("id", IDS)
+def test_a_check_leaves_the_global_random_state_alone(id):
+    """A notebook's later cells must not depend on whether, or what, the learner answered."""
+    before = torch.random.get_rng_state()
+    check(id, lambda *args, **kwargs: None)
+    assert torch.equal(torch.random.get_rng_state(), before)
 
 
 def test_an_unknown_exercise_names_the_known_ones():

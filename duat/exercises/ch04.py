@@ -29,23 +29,11 @@ def _attention(h, qkv_w, qkv_b, proj_w, proj_b, heads, *, scale=None, softmax_di
     return torch.einsum("nbtd,ned->nbte", o, proj_w) + proj_b[:, None, None]
 
 
-def _keeps_global_rng(checker):
-    """Run the checker without touching torch's global random state (building modules
-    draws from it), so that a notebook's later cells see the same numbers whether or not
-    the learner ran the check."""
-    def run(answer) -> str:
-        with torch.random.fork_rng(devices=[]):
-            return checker(answer)
-    run.__name__, run.__doc__ = checker.__name__, checker.__doc__
-    return run
-
-
 @exercise("4.1", "the attention of all n branches at once",
           "a function branch_attention(h, qkv_weight, qkv_bias, proj_weight, proj_bias, heads) "
           "returning a_i = Attn_i(h_i) for every branch i as a tensor of shape (n, B, T, D), for "
           "h (n, B, T, D), qkv_weight (n, 3D, D), qkv_bias (n, 3D), proj_weight (n, D, D), "
           "proj_bias (n, D) and an int heads dividing D")
-@_keeps_global_rng
 def branch_attention(answer) -> str:
     need_callable(answer, "a function branch_attention(h, qkv_weight, qkv_bias, proj_weight, "
                   "proj_bias, heads)")
@@ -95,7 +83,6 @@ def _meta_model(c: ParaFormerConfig) -> ParaFormer:
 @exercise("4.2", "the parameter count of Para-Former-m-n",
           "a function paraformer_parameters(config) returning the number of parameters (an int) "
           "of ParaFormer(config), for a duat.paraformer.ParaFormerConfig config")
-@_keeps_global_rng
 def paraformer_parameters(answer) -> str:
     need_callable(answer, "a function paraformer_parameters(config)")
     for i, g in cases():

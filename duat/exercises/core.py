@@ -117,7 +117,10 @@ def _run(ex: Exercise, answer: Any) -> Verdict:
     if answer is None or answer is Ellipsis:
         return verdict("not attempted", f"expected {ex.expects}; got {answer!r}.")
     try:
-        checked = ex.checker(answer)
+        # on a copy of torch's global random state: building the kit's reference modules
+        # draws from it, and a notebook's later cells must not depend on the answer
+        with torch.random.fork_rng(devices=[]):
+            checked = ex.checker(answer)
     except LearnerRaised as e:
         if isinstance(e.error, NotImplementedError):
             return verdict("not attempted", f"{_name(answer)} still raises NotImplementedError: "
