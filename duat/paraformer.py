@@ -177,6 +177,10 @@ class ReferenceStage(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + sum(block.residual(x) for block in self.blocks)
 
+    def branch_updates(self, x: torch.Tensor) -> torch.Tensor:
+        """Each branch's update f_i(x), stacked: (B, T, D) -> (n, B, T, D)."""
+        return torch.stack([block.residual(x) for block in self.blocks])
+
 
 # (name in ParallelStage, path in Block); every tensor gets a leading branch axis n.
 _STACKED = (
@@ -261,15 +265,33 @@ class ParallelStage(nn.Module):
             f = part if f is None else f + part
         return x + f.view(B, T, D)                                          # x + sum_i f_i(x)
 
-    def _branches(self, x: torch.Tensor, xn: torch.Tensor, sl: slice) -> torch.Tensor:
-        """sum_{i in sl} f_i(x), every op batched over the branches in sl."""
+    def branch_updates(self, x: torch.Tensor) -> torch.Tensor:
+        """Each branch's update f_i(x), stacked: (B, T, D) -> (n, B, T, D).
+
+        The same batched computation as forward, before the sum over branches, so
+        x + branch_updates(x).sum(0) is forward(x) (to the last bit when one chunk holds
+        every branch, see branch_chunk).
+        """
+        B, T, D = x.shape
+        n = self.width
+        chunk = self.branch_chunk(B * T, x.device)
+        xn = F.layer_norm(x, (D,), eps=self.norm_eps).reshape(1, B * T, D)
+        parts = [self._branches(x, xn, slice(start, min(start + chunk, n)), keep_branches=True)
+                 for start in range(0, n, chunk)]
+        return torch.cat(parts).view(n, B, T, D)
+
+    def _branches(self, x: torch.Tensor, xn: torch.Tensor, sl: slice,
+                  keep_branches: bool = False) -> torch.Tensor:
+        """sum_{i in sl} f_i(x) (BT, D), every op batched over the branches in sl; with
+        keep_branches, the f_i themselves, (n_sl, BT, D)."""
         B, T, D = x.shape
         n, h, hd = sl.stop - sl.start, self.heads, self.head_dim
         drop = self.dropout if self.training else 0.0
         W = {name: (None if getattr(self, name) is None else getattr(self, name)[sl])
              for name, _ in _STACKED}
         if n == 1:  # a single branch: plain fused kernels (F.linear, affine layer_norm)
-            return self._one_branch(x, {k: (None if v is None else v[0]) for k, v in W.items()})
+            f = self._one_branch(x, {k: (None if v is None else v[0]) for k, v in W.items()})
+            return f[None] if keep_branches else f
 
         # attention: the shared normalised input, each branch's own affine and weights
         h1 = torch.addcmul(W["norm1_bias"][:, None], xn, W["norm1_weight"][:, None])  # (n, BT, D)
@@ -292,7 +314,7 @@ class ParallelStage(nn.Module):
         u = F.gelu(torch.baddbmm(W["fc1_bias"][:, None], h2, W["fc1_weight"].transpose(1, 2)))
         m = torch.baddbmm(W["fc2_bias"][:, None], u, W["fc2_weight"].transpose(1, 2))
         m = F.dropout(m, drop, self.training)                                        # (n, BT, D)
-        return (a + m).sum(0)                                                        # (BT, D)
+        return (a + m) if keep_branches else (a + m).sum(0)                          # (BT, D)
 
     def _one_branch(self, x: torch.Tensor, W: dict) -> torch.Tensor:
         """f(x) for one branch: the same maths as Block.residual, on stacked weights."""

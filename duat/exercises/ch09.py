@@ -1,16 +1,16 @@
 """Exercises of notebook 09 (the explorer, docs/method.md sections 4-5): reading repeated
 timings as the benchmark does (median and quartiles), the serial / parallel speed ratio with
-its range, and the FLOP bound with the fraction of the peak reached."""
+its range, and the rule that flags a reading as too noisy to trust."""
 from __future__ import annotations
 
 import statistics
 
+import numpy as np
 import torch
 
-from duat.bench import add_roofline, check_targets, summarize
-from duat.counting import flops
-from duat.exercises.core import BadAnswer, call, cases, compare, exercise, need_callable
-from duat.registry import model_config
+from duat.bench import check_targets, summarize
+from duat.exercises.core import BadAnswer, Wrong, call, cases, compare, exercise, need_callable
+from duat.widgets.explorer import SLOWDOWN_LIMIT, SPREAD_LIMIT, noise_reason
 
 F64 = torch.float64
 
@@ -122,45 +122,42 @@ def speed_ratio(answer) -> str:
     return "6 unseen pairs of timings"
 
 
-ROOFLINE_CASES = [("pf-1-6", dict(dim=96, heads=3), 1), ("vit-8", dict(dim=128, heads=4), 4),
-                  ("pf-2-4", dict(dim=64, heads=2), 16), ("pf-3-5", dict(dim=192, heads=6), 2),
-                  ("vit-2", dict(dim=32, heads=1), 64)]
+def _reading(g: torch.Generator) -> tuple[float, float, float, list[float]]:
+    """A (p25, median, p75) reading and earlier medians, often near the explorer's limits."""
+    median = float(1 + 20 * torch.rand(1, generator=g, dtype=F64))
+    spread = float(1.0 + 0.9 * torch.rand(1, generator=g, dtype=F64))   # p75 / p25, around 1.5
+    p25 = median / spread ** 0.5
+    earlier = [median / float(0.6 + 2.2 * torch.rand(1, generator=g, dtype=F64))
+               for _ in range(int(torch.randint(0, 4, (1,), generator=g)))]
+    return p25, median, p25 * spread, earlier
 
 
-@exercise("9.3", "the FLOP bound and the fraction of the peak",
-          "a function roofline(flops, median_ms, peak_gflops) returning (bound_ms, "
-          "achieved_gflops, peak_fraction) for a forward pass of `flops` FLOPs that took "
-          "median_ms milliseconds on a device whose matmul rate is peak_gflops GFLOP/s")
-def roofline(answer) -> str:
-    need_callable(answer, "a function roofline(flops, median_ms, peak_gflops)")
-    for (i, g), (name, size, batch) in zip(cases(len(ROOFLINE_CASES)), ROOFLINE_CASES):
-        fl = flops(model_config(name, image_size=32, in_channels=3, patch_size=4, **size), batch)
-        peak = float(20 + 400 * torch.rand(1, generator=g, dtype=F64))
-        slower = float(1.2 + 8 * torch.rand(1, generator=g, dtype=F64))   # than the bound
-        median = fl / (peak * 1e6) * slower
-        case = f"case {i}: {name} at batch {batch}, {fl / 1e9:.3g} GFLOP, {peak:.4g} GFLOP/s peak"
-        got = _triple(call(answer, fl, median, peak, case=case), case,
-                      "(bound_ms, achieved_gflops, peak_fraction)")
-        r = add_roofline({"flops": fl, "median_ms": median}, peak)
-        expected = torch.tensor([r["flop_bound_ms"], r["achieved_gflops"], r["peak_fraction"]],
-                                dtype=torch.float64)
-        compare(got, expected, case=case, what="(bound_ms, achieved_gflops, peak_fraction)",
-                rtol=1e-9, atol=1e-12, mistakes=[
-                    (expected * torch.tensor([1e3, 1.0, 1.0], dtype=F64),
-                     "the bound is 1000 times too large: "
-                     "flops / (peak_gflops * 1e9) is in seconds; times 1e3 (not 1e6) for ms."),
-                    (expected * torch.tensor([1e-3, 1.0, 1.0], dtype=F64),
-                     "the bound is off by 1000: "
-                     "flops / (peak_gflops * 1e9) seconds, times 1e3 for milliseconds."),
-                    (expected * torch.tensor([1.0, 1e3, 1e3], dtype=F64),
-                     "achieved GFLOP/s: flops / "
-                     "(median_ms / 1e3) / 1e9; the median is in milliseconds."),
-                    (expected * torch.tensor([1.0, 1e-3, 1e-3], dtype=F64),
-                     "achieved GFLOP/s is off by "
-                     "1000: flops / (median_ms / 1e3 seconds) / 1e9."),
-                    (torch.tensor([r["flop_bound_ms"], r["achieved_gflops"], 1 / r["peak_fraction"]],
-                                  dtype=F64),
-                     "the fraction is achieved / peak (at most 1), not peak / achieved."),
-                ], hint="bound_ms = flops / (peak_gflops * 1e9) * 1e3; achieved_gflops = flops / "
-                        "(median_ms / 1e3) / 1e9; peak_fraction = achieved_gflops / peak_gflops.")
-    return f"{len(ROOFLINE_CASES)} unseen models, latencies and peaks"
+@exercise("9.3", "when is a reading too noisy to trust?",
+          "a function too_noisy(p25_ms, median_ms, p75_ms, earlier_medians) returning True when "
+          "the explorer flags the reading: its p75 / p25 is above SPREAD_LIMIT (1.5), or its "
+          "median is above SLOWDOWN_LIMIT (2) times the lowest of earlier_medians (a list of ms, "
+          "maybe empty), and False otherwise")
+def too_noisy(answer) -> str:
+    need_callable(answer, "a function too_noisy(p25_ms, median_ms, p75_ms, earlier_medians)")
+    n = 40
+    for i, g in cases(n):
+        p25, median, p75, earlier = _reading(g)
+        case = (f"case {i}: p25 {p25:.4g} ms, median {median:.4g} ms, p75 {p75:.4g} ms, "
+                f"earlier medians {[round(m, 4) for m in earlier]}")
+        got = call(answer, p25, median, p75, list(earlier), case=case)
+        if isinstance(got, torch.Tensor) and got.numel() == 1 and got.dtype == torch.bool:
+            got = bool(got)
+        if not isinstance(got, (bool, np.bool_)):
+            raise BadAnswer(f"on {case} it returned {type(got).__name__} {str(got)[:40]!r}, "
+                            "not True or False.")
+        expected = noise_reason({"p25_ms": p25, "median_ms": median, "p75_ms": p75}, earlier) is not None
+        if bool(got) != expected:
+            spread, slow = p75 / p25, (median / min(earlier) if earlier else None)
+            why = (f"here p75 / p25 = {spread:.3f} (limit {SPREAD_LIMIT})"
+                   + (f" and median / lowest earlier = {slow:.3f} (limit {SLOWDOWN_LIMIT:g})"
+                      if slow is not None else " and there are no earlier readings"))
+            raise Wrong(f"too_noisy says {bool(got)} on {case}; the explorer says {expected}.",
+                        f"{why}. Flag it when either rule fires; the spread is p75 over p25 "
+                        "(not over the median), and the slowdown compares with the lowest earlier "
+                        "median (not their mean), only when there are earlier readings.")
+    return f"{n} unseen readings near both limits"

@@ -366,7 +366,7 @@ def _multihead_attention(m: nn.MultiheadAttention, x, sparse):
                             "MultiheadAttention")
 
 
-def _kit_attention_maps(m, X):
+def kit_attention_maps(m, X):
     """Attention maps softmax(Q_h K_h^T / sqrt(d)) of duat.paraformer.Attention for X (T, D)."""
     T, D = X.shape
     q, k, _ = m.qkv(X).view(T, 3, m.heads, m.head_dim).permute(1, 2, 0, 3)  # each (H, T, dh)
@@ -381,7 +381,7 @@ def _kit_attention(m, x, sparse):
         raise ValueError(f"Attention: MVM expects one sequence of shape (1, T, {D}), got {tuple(x.shape)}")
     X = _one_sequence(m, x, D, 0)
     D = X.shape[1]
-    A = _kit_attention_maps(m, X).detach()
+    A = kit_attention_maps(m, X).detach()
     b_v = m.qkv.bias[2 * D:].detach() if m.qkv.bias is not None else None
     return attention_matrix(A, m.qkv.weight[2 * D:].detach(), b_v, m.proj.weight.detach(),
                             None if m.proj.bias is None else m.proj.bias.detach(), sparse, "Attention")

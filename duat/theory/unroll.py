@@ -28,7 +28,7 @@ from torch import nn
 
 from duat.paraformer import Block, ParaFormer, ParallelStage
 from duat.runtime import threads
-from duat.theory.mvm import _kit_attention_maps, matmul, matvec, mvm
+from duat.theory.mvm import kit_attention_maps, matmul, matvec, mvm
 
 ACTS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
@@ -178,7 +178,9 @@ def _conv_term(block: ResidualConvBlock, x0, x_prev) -> UATTerm:
     return UATTerm(W1, b1, W2, b2, b_tilde, block.act)
 
 
-def _transformer_term(block, x0, x_prev) -> TransformerTerm:
+def transformer_term(block, x0, x_prev) -> TransformerTerm:
+    """The DUAT term of one pre-norm Transformer block (a duat.paraformer.Block) whose input
+    is x_prev, written in x0 (both (B, T, D)): its A_l, b~_l and attention maps, per example."""
     B, T, D = x0.shape
     maps, As, cs, Us, bts = [], [], [], [], []
     for i in range(B):  # the MVM is per example
@@ -193,7 +195,7 @@ def _transformer_term(block, x0, x_prev) -> TransformerTerm:
         W_1, b_1 = mvm(block.mlp.fc1, block.norm2(xp + a))
         U = matmul(W_1, W_n2)
         b_tilde = matvec(U, (xp + a - x0_i).flatten()) + matvec(W_1, beta2) + b_1
-        maps.append(_kit_attention_maps(block.attn, u[0]))
+        maps.append(kit_attention_maps(block.attn, u[0]))
         As.append(A), cs.append(c), Us.append(U), bts.append(b_tilde)
     fc2 = block.mlp.fc2
     return TransformerTerm(torch.stack(maps), torch.stack(As), torch.stack(cs), torch.stack(Us),
@@ -279,7 +281,7 @@ def _unroll(net: nn.Module, x0: torch.Tensor) -> Unrolled:
         elif isinstance(block, ResidualConvBlock):
             out.terms.append(_conv_term(block, x0, x))
         else:
-            out.terms.append(_transformer_term(block, x0, x))
+            out.terms.append(transformer_term(block, x0, x))
         x = step(x)  # the network's own forward: x_l = x_{l-1} + f_l(x_{l-1})
         out.stream.append(x)
     return out

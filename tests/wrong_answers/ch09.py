@@ -53,28 +53,24 @@ def _means(serial_ms, parallel_ms):
     return float(np.mean(serial_ms) / np.mean(parallel_ms)), s25 / p75, s75 / p25
 
 
-def _bound_in_seconds(fl, median_ms, peak):            # the bound left in seconds
-    achieved = fl / (median_ms / 1e3) / 1e9
-    return fl / (peak * 1e9), achieved, achieved / peak
+def _spread_over_median(p25, median, p75, earlier):   # p75 / median instead of p75 / p25
+    return p75 / median > 1.5 or bool(earlier) and median > 2 * min(earlier)
 
 
-def _median_as_seconds(fl, median_ms, peak):           # median_ms used as seconds
-    achieved = fl / median_ms / 1e9
-    return fl / (peak * 1e9) * 1e3, achieved, achieved / peak
+def _mean_of_earlier(p25, median, p75, earlier):      # the mean, not the lowest, earlier median
+    return p75 / p25 > 1.5 or bool(earlier) and median > 2 * sum(earlier) / len(earlier)
 
 
-def _fraction_inverted(fl, median_ms, peak):
-    achieved = fl / (median_ms / 1e3) / 1e9
-    return fl / (peak * 1e9) * 1e3, achieved, peak / achieved
+def _spread_only(p25, median, p75, earlier):          # the slowdown rule forgotten
+    return p75 / p25 > 1.5
 
 
-def _bound_from_achieved(fl, median_ms, peak):         # the bound is the measured time
-    achieved = fl / (median_ms / 1e3) / 1e9
-    return fl / (achieved * 1e9) * 1e3, achieved, achieved / peak
+def _both_rules(p25, median, p75, earlier):           # "and" where either rule is enough
+    return p75 / p25 > 1.5 and (not earlier or median > 2 * min(earlier))
 
 
 WRONG = {
     "9.1": [_in_seconds, _mean, _exclusive, _min_max],
     "9.2": [_inverted, _same_quartiles, _swapped, _means],
-    "9.3": [_bound_in_seconds, _median_as_seconds, _fraction_inverted, _bound_from_achieved],
+    "9.3": [_spread_over_median, _mean_of_earlier, _spread_only, _both_rules],
 }
