@@ -7,7 +7,7 @@ from dataclasses import replace
 import torch
 
 from duat.counting import count_parameters
-from duat.exercises.core import call, cases, compare, exercise, need_callable, same_number
+from duat.exercises.core import call, cases, compare, exercise, need_callable, pick, same_number
 from duat.paraformer import Attention, ParaFormer, ParaFormerConfig
 
 
@@ -86,13 +86,12 @@ def _meta_model(c: ParaFormerConfig) -> ParaFormer:
 def paraformer_parameters(answer) -> str:
     need_callable(answer, "a function paraformer_parameters(config)")
     for i, g in cases():
-        pick = lambda options: options[int(torch.randint(len(options), (1,), generator=g))]  # noqa: E731
-        heads = pick((1, 2, 3, 4))
-        patch = pick((2, 4))
+        heads = pick((1, 2, 3, 4), g)
+        patch = pick((2, 4), g)
         c = ParaFormerConfig(
-            image_size=patch * pick((2, 3, 4)), patch_size=patch, in_channels=pick((1, 3)),
-            num_classes=pick((2, 10, 100)), dim=heads * pick((4, 8, 16)), heads=heads,
-            mlp_ratio=pick((1.0, 1.5, 2.0, 4.0)), depth=1 + i % 3, width=1 + (i + 1) % 4,
+            image_size=patch * pick((2, 3, 4), g), patch_size=patch, in_channels=pick((1, 3), g),
+            num_classes=pick((2, 10, 100), g), dim=heads * pick((4, 8, 16), g), heads=heads,
+            mlp_ratio=pick((1.0, 1.5, 2.0, 4.0), g), depth=1 + i % 3, width=1 + (i + 1) % 4,
             pool="mean" if i % 2 == 0 else "cls", qkv_bias=i != 3)
         model = _meta_model(c)
         total = count_parameters(model)

@@ -5,7 +5,7 @@ import torch
 
 from duat.bench import add_roofline
 from duat.counting import flops, flops_breakdown, layer_flops
-from duat.exercises.core import BadAnswer, call, cases, exercise, need_callable, same_number
+from duat.exercises.core import BadAnswer, call, cases, exercise, need_callable, pick, same_number
 from duat.paraformer import ParaFormerConfig
 
 
@@ -16,14 +16,13 @@ from duat.paraformer import ParaFormerConfig
 def encoder_layer_flops(answer) -> str:
     need_callable(answer, "a function encoder_layer_flops(B, T, D, H)")
     for i, g in cases():
-        pick = lambda options: options[int(torch.randint(len(options), (1,), generator=g))]  # noqa: E731
-        heads = pick((1, 2, 3, 4, 6))
-        patch = pick((2, 4, 8))
-        c = ParaFormerConfig(image_size=patch * pick((1, 2, 3, 4)), patch_size=patch,
-                             dim=heads * pick((8, 16, 32)), heads=heads,
-                             mlp_ratio=pick((1.0, 2.0, 3.0, 4.0)),
+        heads = pick((1, 2, 3, 4, 6), g)
+        patch = pick((2, 4, 8), g)
+        c = ParaFormerConfig(image_size=patch * pick((1, 2, 3, 4), g), patch_size=patch,
+                             dim=heads * pick((8, 16, 32), g), heads=heads,
+                             mlp_ratio=pick((1.0, 2.0, 3.0, 4.0), g),
                              pool="cls" if i % 2 else "mean")
-        B = pick((1, 2, 8, 64))
+        B = pick((1, 2, 8, 64), g)
         T, D, H = c.num_tokens, c.dim, c.hidden_dim
         parts = flops_breakdown(c, B)            # depth = width = 1: one layer
         total = layer_flops(c, B)

@@ -150,6 +150,11 @@ def cases(n: int = 5, seed: int = SEED) -> Iterator[tuple[int, torch.Generator]]
         yield i + 1, torch.Generator().manual_seed(seed + i)
 
 
+def pick(options: Sequence, g: torch.Generator):
+    """One of `options`, drawn with the case's generator."""
+    return options[int(torch.randint(len(options), (1,), generator=g))]
+
+
 def need_callable(answer: Any, what: str = "a function") -> None:
     if not callable(answer):
         raise BadAnswer(f"got {type(answer).__name__} {_short(answer)}, not {what}.")
