@@ -1,4 +1,5 @@
-"""`python -m duat ...` runs the command line (see duat.cli)."""
+"""`python -m duat ...` runs the command line (see duat.cli); importing it does nothing."""
 from duat.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":
+    raise SystemExit(main())

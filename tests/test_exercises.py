@@ -57,7 +57,10 @@ def _run_solutions(chapter: str, monkeypatch) -> list:
 def test_every_notebook_01_to_09_has_two_to_four_exercises():
     counts = {c: sum(ex.notebook == c for ex in EXERCISES.values()) for c in CHAPTERS}
     assert all(2 <= n <= 4 for n in counts.values()), counts
-    assert listing("01").splitlines()[0].startswith("1.1 ")
+    assert listing("01").splitlines()[0].startswith("1.1 ") and listing(1) == listing("01")
+    for bad in ("x", 99, 10):
+        with pytest.raises(ValueError, match="has no exercises; notebooks 01 to 09 do"):
+            listing(bad)
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)

@@ -187,7 +187,9 @@ def test_bootstrap_interval_is_the_percentile_interval_of_resampled_means():
                                   generator=torch.Generator().manual_seed(7))
     assert wider[0] <= low and wider[1] >= high      # a higher level, a wider interval
     assert ex.bootstrap_interval([2.0, 2.0, 2.0]) == (2.0, 2.0)
-    for bad in ({"values": []}, {"values": [1.0], "level": 1.0}, {"values": [1.0], "resamples": 0}):
+    for bad in ({"values": []}, {"values": [1.0], "level": 1.0}, {"values": [1.0], "resamples": 0},
+                {"values": [1.0, float("nan")]}, {"values": "abc"}, {"values": [1.0, "x"]},
+                {"values": [1.0], "resamples": 2.5}):
         with pytest.raises(ValueError):
             ex.bootstrap_interval(**bad)
 

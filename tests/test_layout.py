@@ -8,6 +8,7 @@ inside functions too); these tests keep the contract complete and the code hones
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -85,3 +86,18 @@ def test_imports_sit_at_module_level_outside_the_light_modules():
                 if isinstance(node, (ast.Import, ast.ImportFrom)) and not _guarded(node, parents):
                     inside.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert inside == []
+
+
+def test_every_module_imports_on_its_own():
+    """Each module imports in a fresh interpreter, without running anything (duat.__main__
+    included: it runs the CLI only as `python -m duat`)."""
+    names = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+                   for p in _modules())
+    code = ("import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
+            "print('ok', len(sys.argv) - 1)")
+    proc = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"ok {len(names)}", proc.stderr[-2000:]
+    run = subprocess.run([sys.executable, "-m", "duat", "--version"], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert run.returncode == 0 and run.stdout.strip(), run.stderr

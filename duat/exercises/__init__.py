@@ -19,7 +19,11 @@ __all__ = ["EXERCISES", "Answer", "Verdict", "check", "listing", "reveal"]
 
 def listing(notebook: str | int | None = None) -> str:
     """The exercises as text lines 'id  title: expects', of one notebook or all."""
-    want = None if notebook is None else f"{int(notebook):02d}"
+    chapters = sorted({ex.notebook for ex in EXERCISES.values()})
+    want = None if notebook is None else str(notebook).zfill(2)
+    if want is not None and want not in chapters:
+        raise ValueError(f"notebook {notebook!r} has no exercises; notebooks "
+                         f"{chapters[0]} to {chapters[-1]} do")
     rows = [ex for ex in EXERCISES.values() if want in (None, ex.notebook)]
     rows.sort(key=lambda ex: tuple(int(p) for p in ex.id.split(".")))
     return "\n".join(f"{ex.id:<5} {ex.title}: {ex.expects}" for ex in rows)

@@ -115,7 +115,7 @@ def _run(ex: Exercise, answer: Any) -> Verdict:
         return Verdict(ex.id, ex.title, status, message, hint)
 
     if answer is None or answer is Ellipsis:
-        return verdict("not attempted", f"expected {ex.expects}; got {answer!r}.")
+        return verdict("not attempted", f"Expected {ex.expects}; got {answer!r}.")
     try:
         # on a copy of torch's global random state: building the kit's reference modules
         # draws from it, and a notebook's later cells must not depend on the answer

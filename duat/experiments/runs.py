@@ -17,6 +17,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from duat.checks import real, whole
 from duat.locations import committed, output_dir
 from duat.storage import PARTIAL, atomic_write_json, read_results, write_csv, write_figure
 
@@ -72,14 +73,17 @@ def bootstrap_interval(values: Sequence[float], level: float = 0.95, resamples: 
     `values[idx]` (float64), and their (1 - level)/2 and (1 + level)/2 quantiles
     (torch.quantile, linear interpolation). With the same generator state the interval is
     the same on every machine."""
-    v = torch.as_tensor(list(values), dtype=torch.float64)
-    if v.dim() != 1 or v.numel() < 1:
-        raise ValueError("bootstrap_interval needs a non-empty sequence of numbers")
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must lie strictly between 0 and 1, not {level}")
-    if int(resamples) != resamples or resamples < 1:
-        raise ValueError(f"resamples must be a positive whole number, not {resamples}")
-    idx = torch.randint(v.numel(), (int(resamples), v.numel()), generator=generator)
+    try:
+        v = None if isinstance(values, (str, bytes)) else torch.tensor(
+            [float(a) for a in values], dtype=torch.float64)
+    except (TypeError, ValueError):
+        v = None
+    if v is None or v.numel() == 0 or not torch.isfinite(v).all():
+        raise ValueError(f"bootstrap_interval needs a non-empty sequence of finite numbers, got "
+                         f"{str(values)[:60]}")
+    level = real("level", level, 0.0, 1.0, low_open=True, high_open=True)
+    resamples = whole("resamples", resamples)
+    idx = torch.randint(v.numel(), (resamples, v.numel()), generator=generator)
     means = v[idx].mean(1)
     low, high = torch.quantile(means, torch.tensor([(1 - level) / 2, (1 + level) / 2],
                                                    dtype=torch.float64)).tolist()
