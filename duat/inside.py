@@ -10,7 +10,8 @@ takes such a sum apart, for a batch of images:
     attention_maps(model, images)   per stage, softmax(Q K^T / sqrt(d)) of every branch and
                                     head: (n, B, heads, T, T), rows summing to 1
     without_branch(model, s, i)     a copy of the model with f_i left out of stage s's sum
-    leave_one_out(model, loader)    test accuracy of the full model and of every such copy
+    leave_one_out(model, loader)    test accuracy (training.evaluate) of the full model and of
+                                    every such copy
     unroll_paraformer(model, x0)    the DUAT terms of section 3, one per (stage, branch)
     dynamic_spread(model, images)   duat.theory.unroll.parameter_spread of those terms
 
@@ -31,7 +32,8 @@ import torch.nn.functional as F
 from duat.paraformer import ParaFormer, ParallelStage, ReferenceStage
 from duat.runtime import threads
 from duat.theory.mvm import kit_attention_maps
-from duat.theory.unroll import Unrolled, transformer_term, parameter_spread
+from duat.theory.unroll import Unrolled, parameter_spread, transformer_term
+from duat.training.engine import evaluate
 
 # the tensors of a branch whose zeroing makes f_i = a_i + MLP_i(...) exactly 0:
 # the attention's output projection (a_i = 0) and the MLP's second layer (MLP_i = 0)
@@ -161,27 +163,16 @@ def without_branch(model: ParaFormer, stage: int, branch: int) -> ParaFormer:
     return dropped
 
 
-def accuracy(model: ParaFormer, loader: Iterable) -> float:
-    """Fraction of the loader's (images, labels) that the model classifies correctly."""
-    correct = count = 0
-    with _evaluating(model):
-        device = next(model.parameters()).device
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            correct += int((model(x).argmax(1) == y).sum())
-            count += y.numel()
-    if count == 0:
-        raise ValueError("the loader yielded no examples")
-    return correct / count
-
-
 def leave_one_out(model: ParaFormer, loader: Iterable) -> dict:
     """Accuracy of the full model and, for every stage s and branch i, of the model with
     f_i left out of stage s's sum: {"full": acc, "without": [[acc per branch] per stage]}."""
     _check_model(model)
     c = model.config
-    return {"full": accuracy(model, loader),
-            "without": [[accuracy(without_branch(model, s, i), loader) for i in range(c.width)]
+    def accuracy(net: ParaFormer) -> float:
+        return evaluate(net, loader)["accuracy"]
+
+    return {"full": accuracy(model),
+            "without": [[accuracy(without_branch(model, s, i)) for i in range(c.width)]
                         for s in range(c.depth)]}
 
 

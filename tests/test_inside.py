@@ -8,6 +8,7 @@ import torch
 from duat import inside
 from duat.paraformer import ParallelStage
 from duat.theory.unroll import ResidualMLP
+from duat.training import evaluate
 
 import conftest
 from conftest import tiny_paraformer
@@ -126,22 +127,22 @@ def test_leave_one_out_of_a_zero_branch_equals_the_full_model():
     zeroed = inside.without_branch(model, 1, 0)           # branch 0 of stage 2 contributes 0
     result = inside.leave_one_out(zeroed, batches(x, y))
     full = result["full"]
-    assert full == inside.accuracy(zeroed, batches(x, y)) and 0 < full <= 1
+    assert full == evaluate(zeroed, batches(x, y))["accuracy"] and 0 < full <= 1
     assert result["without"][1][0] == full                 # leaving out a zero changes nothing
     assert len(result["without"]) == 2 and all(len(r) == 2 for r in result["without"])
     for s in range(2):
         for i in range(2):
-            assert result["without"][s][i] == inside.accuracy(inside.without_branch(zeroed, s, i), batches(x, y))
+            assert result["without"][s][i] == evaluate(inside.without_branch(zeroed, s, i), batches(x, y))["accuracy"]
 
 
-def test_accuracy_counts_correct_labels_and_refuses_an_empty_loader():
+def test_leave_one_out_counts_correct_labels_and_refuses_an_empty_loader():
     model, x = model_and_images(1, 2)
     pred = model(x).argmax(1)
     wrong = (pred + 1) % 10
-    assert inside.accuracy(model, [(x, pred)]) == 1.0
-    assert inside.accuracy(model, [(x, wrong)]) == 0.0
+    assert inside.leave_one_out(model, [(x, pred)])["full"] == 1.0
+    assert inside.leave_one_out(model, [(x, wrong)])["full"] == 0.0
     with pytest.raises(ValueError, match="no examples"):
-        inside.accuracy(model, [])
+        inside.leave_one_out(model, [])
 
 
 @pytest.mark.parametrize("pool", ["cls", "mean"])

@@ -5,7 +5,7 @@ import torch
 
 from duat.bench import add_roofline
 from duat.counting import flops, flops_breakdown, layer_flops
-from duat.exercises.core import BadAnswer, call, cases, exercise, need_callable, pick, same_number
+from duat.exercises.core import as_numbers, call, cases, exercise, need_callable, pick, same_number
 from duat.paraformer import ParaFormerConfig
 
 
@@ -61,11 +61,8 @@ def roofline(answer) -> str:
         peak = 10 ** (1 + 4 * u[2])                     # 10 .. 1e5 GFLOP/s
         ref = add_roofline({"flops": fl, "median_ms": median_ms}, peak)
         case = f"case {i}: {fl} FLOPs in {median_ms:.4g} ms, peak {peak:.4g} GFLOP/s"
-        got = call(answer, fl, median_ms, peak, case=case)
-        if isinstance(got, (str, bytes)) or not hasattr(got, "__len__") or len(got) != 3:
-            raise BadAnswer(f"it returned {type(got).__name__} on {case}, not a tuple of "
-                            "three numbers.")
-        bound, achieved, frac = got
+        bound, achieved, frac = as_numbers(call(answer, fl, median_ms, peak, case=case), 3,
+                                           f"the result on {case}")
         same_number(bound, ref["flop_bound_ms"], case=case, what="flop_bound_ms", rel=1e-6,
                     mistakes=[
             (ref["flop_bound_ms"] / 1e3, "that is the bound in seconds; the exercise asks for "

@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 from torch import nn
 
-from duat.exercises.core import (BadAnswer, Wrong, as_number, as_pair, as_tensor, call, cases,
+from duat.exercises.core import (BadAnswer, Wrong, as_number, as_numbers, as_tensor, call, cases,
                                  compare, exercise, need_callable, same_number)
 from duat.training.engine import evaluate, lr_at
 
@@ -85,7 +85,7 @@ def loss_and_accuracy(answer) -> str:
         logits = torch.randn(B, K, generator=g) * scale
         labels = torch.randint(0, K, (B,), generator=g)
         case = f"case {i}: logits of shape ({B}, {K})" + (" with large entries" if i == 5 else "")
-        loss, acc = as_pair(call(answer, logits, labels, case=case), "the result")
+        loss, acc = as_numbers(call(answer, logits, labels, case=case), 2, "the result")
         ref = evaluate(nn.Identity(), [(logits, labels)])   # the kit's own loss and accuracy
         logp = logits.double().log_softmax(1)
         if not math.isfinite(loss):

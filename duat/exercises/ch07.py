@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from duat.exercises.core import Wrong, as_pair, call, cases, compare, exercise, need_callable, same_number
+from duat.exercises.core import Wrong, as_numbers, call, cases, compare, exercise, need_callable, same_number
 from duat.experiments.runs import bootstrap_interval as kit_bootstrap_interval
 from duat.experiments.runs import stats
 from duat.experiments.sweeps import twin_differences
@@ -36,7 +36,7 @@ def mean_and_spread(answer) -> str:
         S = 2 + i
         values = [int(k) / 359 for k in torch.randint(300, 359, (S,), generator=g)]
         case = f"case {i}: {S} accuracies"
-        got = as_pair(call(answer, list(values), case=case), "the result")
+        got = as_numbers(call(answer, list(values), case=case), 2, "the result")
         _finite(got, case, "the result")
         ref = stats(values)
         same_number(got[0], ref["mean"], case=case, what="the mean", rel=1e-9,
@@ -93,7 +93,7 @@ def paired_difference(answer) -> str:
         case = (f"case {i}: {len(records)} records, {model} against {twin}, "
                 f"{len({r['seed'] for r in records if r['model'] == model})} and "
                 f"{len({r['seed'] for r in records if r['model'] == twin})} seeds")
-        got = as_pair(call(answer, copy.deepcopy(records), model, twin, case=case), "the result")
+        got = as_numbers(call(answer, copy.deepcopy(records), model, twin, case=case), 2, "the result")
         _finite(got, case, "the result")
         pairs = [r["difference"] for r in twin_differences({"records": records})
                  if r["model"] == model and r["twin"] == twin]
@@ -154,8 +154,8 @@ def bootstrap_interval(answer) -> str:
         resamples = (1000, 400, 250, 2000, 600)[i - 1]
         seed = int(torch.randint(0, 2 ** 31, (1,), generator=g))
         case = f"case {i}: {n} values, level {level}, {resamples} resamples"
-        got = as_pair(call(answer, list(values), level, resamples,
-                           torch.Generator().manual_seed(seed), case=case), "the interval")
+        got = as_numbers(call(answer, list(values), level, resamples,
+                              torch.Generator().manual_seed(seed), case=case), 2, "the interval")
         expected = torch.tensor(kit_bootstrap_interval(values, level, resamples,
                                                        torch.Generator().manual_seed(seed)),
                                 dtype=torch.float64)

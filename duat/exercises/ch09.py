@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from duat.bench import check_targets, summarize
-from duat.exercises.core import BadAnswer, Wrong, call, cases, compare, exercise, need_callable
+from duat.exercises.core import BadAnswer, Wrong, as_numbers, call, cases, compare, exercise, need_callable
 from duat.widgets.explorer import SLOWDOWN_LIMIT, SPREAD_LIMIT, noise_reason
 
 F64 = torch.float64
@@ -20,17 +20,6 @@ def _timings(g: torch.Generator, n: int, base_ms: float) -> list[float]:
     ms = base_ms * torch.exp(0.15 * torch.randn(n, generator=g, dtype=torch.float64))
     ms[int(torch.randint(n, (1,), generator=g))] *= 4.0      # a call the machine interrupted
     return [float(t) for t in ms]
-
-
-def _triple(got, case: str, what: str) -> torch.Tensor:
-    if isinstance(got, dict) or isinstance(got, (str, bytes)) or not hasattr(got, "__len__"):
-        raise BadAnswer(f"on {case} it returned {type(got).__name__}, not three numbers {what}.")
-    if len(got) != 3:
-        raise BadAnswer(f"on {case} it returned {len(got)} values, not three numbers {what}.")
-    try:
-        return torch.tensor([float(v) for v in got], dtype=torch.float64)
-    except (TypeError, ValueError):
-        raise BadAnswer(f"on {case} it returned {got!r:.60}, not three numbers {what}.") from None
 
 
 def _nearest_rank(ms: list[float], q: float) -> float:
@@ -48,7 +37,7 @@ def spread(answer) -> str:
         ms = _timings(g, n, base_ms=0.5 + i)
         seconds = [t / 1e3 for t in ms]
         case = f"case {i}: {n} timings"
-        got = _triple(call(answer, list(seconds), case=case), case, "(median_ms, p25_ms, p75_ms)")
+        got = as_numbers(call(answer, list(seconds), case=case), 3, f"(median_ms, p25_ms, p75_ms) on {case}")
         s = summarize(seconds)
         expected = torch.tensor([s["median_ms"], s["p25_ms"], s["p75_ms"]], dtype=torch.float64)
         exclusive = statistics.quantiles(ms, n=4)       # statistics' default method
@@ -96,8 +85,8 @@ def speed_ratio(answer) -> str:
         serial = _timings(g, 9 + 2 * i, base_ms=1.0 + 0.4 * i)
         parallel = _timings(g, 8 + 3 * i, base_ms=0.7 + 0.5 * i)
         case = f"case {i}: {len(serial)} serial and {len(parallel)} parallel timings"
-        got = _triple(call(answer, list(serial), list(parallel), case=case), case,
-                      "(ratio, low, high)")
+        got = as_numbers(call(answer, list(serial), list(parallel), case=case), 3,
+                         f"(ratio, low, high) on {case}")
         kit = _kit_ratio(serial, parallel)
         expected = torch.tensor([kit["value"], kit["low"], kit["high"]], dtype=torch.float64)
         s, p = summarize([t / 1e3 for t in serial]), summarize([t / 1e3 for t in parallel])

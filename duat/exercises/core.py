@@ -94,7 +94,7 @@ class Verdict:
 
 
 def check(id: str, answer: Any) -> Verdict:
-    """Check `answer` to exercise `id` against the kit; returns (and displays) the verdict."""
+    """Check `answer` to exercise `id` against the kit: the verdict (a notebook cell shows it)."""
     ex = EXERCISES.get(str(id))
     if ex is None:
         known = ", ".join(sorted(EXERCISES, key=_order)) or "none"
@@ -133,7 +133,7 @@ def _run(ex: Exercise, answer: Any) -> Verdict:
     except BadAnswer as e:
         return verdict("bad input", f"{e} Expected {ex.expects}.")
     except Exception as e:  # what the answer returned broke the comparison itself
-        return verdict("bad input", f"the answer could not be compared ({type(e).__name__}: {e}). "
+        return verdict("bad input", f"The answer could not be compared ({type(e).__name__}: {e}). "
                        f"Expected {ex.expects}.")
     return verdict("correct", f"It agrees with the kit on {checked}.")
 
@@ -225,12 +225,13 @@ def as_number(value: Any, what: str) -> float:
     return float(value)
 
 
-def as_pair(value: Any, what: str) -> tuple[float, float]:
-    """A learner's pair of numbers, or BadAnswer."""
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise BadAnswer(f"{what} is {type(value).__name__} {_short(value)}, not a pair of two numbers.")
-    return (as_number(value[0], f"the first entry of {what}"),
-            as_number(value[1], f"the second entry of {what}"))
+def as_numbers(value: Any, k: int, what: str) -> tuple[float, ...]:
+    """A learner's tuple, list or 1-D array of k numbers, as floats, or BadAnswer."""
+    if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 1:
+        value = list(value)
+    if isinstance(value, (str, bytes, dict)) or not isinstance(value, (tuple, list)) or len(value) != k:
+        raise BadAnswer(f"{what} is {type(value).__name__} {_short(value)}, not a tuple of {k} numbers.")
+    return tuple(as_number(v, f"entry {j} of {what}") for j, v in enumerate(value))
 
 
 def same_number(got: Any, expected: float, *, case: str, what: str = "the result",
