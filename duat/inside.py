@@ -27,7 +27,6 @@ import copy
 from typing import Iterable, Iterator
 
 import torch
-import torch.nn.functional as F
 
 from duat.paraformer import ParaFormer, ParallelStage, ReferenceStage
 from duat.runtime import threads

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from duat.exercises.core import call, cases, compare, exercise, need_callable
+from duat.exercises.core import call, cases, compare, exercise
 from duat.theory.uat import UAT, fit_lstsq
 
 
@@ -13,7 +13,6 @@ from duat.theory.uat import UAT, fit_lstsq
           "tanh(w_j . x + theta_j) as a tensor of shape (B,), for x (B, d), w (N, d), "
           "theta (N,), alpha (N,)")
 def uat_forward(answer) -> str:
-    need_callable(answer, "a function uat_forward(x, w, theta, alpha)")
     for i, g in cases():
         B, d, N = 3 + i, 1 + i % 3, 2 + 2 * i
         model = UAT(in_dim=d, N=N, activation="tanh").double()
@@ -40,7 +39,6 @@ def uat_forward(answer) -> str:
           "minimises ||Phi alpha - y||^2, Phi = tanh(x @ w.T + theta) of shape (B, N), for "
           "x (B, d), y (B,), w (N, d), theta (N,)")
 def fit_alpha(answer) -> str:
-    need_callable(answer, "a function fit_alpha(x, y, w, theta)")
     for i, g in cases():
         B, d, N = 30 + 5 * i, 1 + i % 2, 3 + i
         model = UAT(in_dim=d, N=N, activation="tanh").double()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from duat.exercises.core import call, cases, compare, exercise, need_callable
+from duat.exercises.core import call, cases, compare, exercise
 from duat.theory.mvm import attention_matrix, mvm
 
 
@@ -14,7 +14,6 @@ from duat.theory.mvm import attention_matrix, mvm
           "(L + 2*padding - k + 1, L) with W @ x == conv1d(x, kernel, padding) (PyTorch's "
           "cross-correlation, stride 1, zero padding) for a kernel of shape (k,)")
 def conv1d_matrix(answer) -> str:
-    need_callable(answer, "a function conv1d_matrix(kernel, L, padding)")
     for i, g in cases():
         k, L = (2, 3, 3, 4, 5)[i - 1], 6 + i
         padding = (0, 1, 2, 1, 2)[i - 1]
@@ -43,7 +42,6 @@ def conv1d_matrix(answer) -> str:
           "a function gelu_matrix(x) returning the matrix W = diag(Phi(x)) of shape (n, n), "
           "with Phi the standard normal CDF, so that W @ x == GELU(x), for x of shape (n,)")
 def gelu_matrix(answer) -> str:
-    need_callable(answer, "a function gelu_matrix(x)")
     for i, g in cases():
         n = 4 + 2 * i
         x = torch.randn(n, generator=g, dtype=torch.float64) * (1 + i)
@@ -71,7 +69,6 @@ def gelu_matrix(answer) -> str:
           "(T*D, T*D), for attention maps A (H, T, T) and weights W_v, W_o (D, D) whose head h "
           "owns rows h*dh:(h+1)*dh of W_v and the same columns of W_o (dh = D / H)")
 def attention_W(answer) -> str:
-    need_callable(answer, "a function attention_W(A, W_v, W_o)")
     for i, g in cases():
         H, dh, T = (1, 2, 2, 3, 4)[i - 1], (3, 2, 3, 2, 1)[i - 1], 2 + i % 3
         D = H * dh

@@ -8,7 +8,7 @@ import numbers
 
 import torch
 
-from duat.exercises.core import (BadAnswer, Wrong, call, cases, compare, exercise, need_callable,
+from duat.exercises.core import (BadAnswer, Wrong, call, cases, compare, exercise,
                                  same_number)
 from duat.theory.dynamic import DynamicUAT, matched_static_width
 from duat.theory.unroll import ResidualMLP, parameter_spread, unroll
@@ -29,7 +29,6 @@ def _stacked(got, what: str):
           "every layer l = 1..L of a ResidualMLP net, stacked to shape (L, B, hidden), for a "
           "batch x0 of shape (B, dim)")
 def b_tildes(answer) -> str:
-    need_callable(answer, "a function b_tildes(net, x0)")
     for i, g in cases():
         dim, hidden, depth = 2 + i % 3, 3 + i, 1 + i
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))  # (check() restores it)
@@ -62,7 +61,6 @@ def b_tildes(answer) -> str:
           "batch (axis 0, population std) of each entry of b, averaged over the entries, divided "
           "by the mean of |b|, for b of shape (B, n)")
 def relative_spread(answer) -> str:
-    need_callable(answer, "a function relative_spread(b)")
     for i, g in cases():
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))  # (check() restores it)
         net = ResidualMLP(3, 4 + i, 3, activation="tanh").double()
@@ -93,7 +91,6 @@ def relative_spread(answer) -> str:
           "UAT's N_s (d + 2) parameters come closest to those of DynamicUAT(d, N, k, "
           "dynamic=dynamic), dynamic a tuple of 'alpha' and/or 'theta'")
 def matched_width(answer) -> str:
-    need_callable(answer, "a function matched_width(d, N, k, dynamic)")
     for i, (d, N, k, dynamic) in enumerate([(1, 8, 8, ("theta",)), (2, 10, 3, ("alpha",)),
                                             (3, 9, 3, ("theta",)), (2, 7, 5, ("alpha", "theta")),
                                             (3, 14, 6, ("alpha", "theta"))], start=1):

@@ -7,7 +7,7 @@ from dataclasses import replace
 import torch
 
 from duat.counting import count_parameters
-from duat.exercises.core import call, cases, compare, exercise, need_callable, pick, same_number
+from duat.exercises.core import call, cases, compare, exercise, pick, same_number
 from duat.paraformer import Attention, ParaFormer, ParaFormerConfig
 
 
@@ -35,8 +35,6 @@ def _attention(h, qkv_w, qkv_b, proj_w, proj_b, heads, *, scale=None, softmax_di
           "h (n, B, T, D), qkv_weight (n, 3D, D), qkv_bias (n, 3D), proj_weight (n, D, D), "
           "proj_bias (n, D) and an int heads dividing D")
 def branch_attention(answer) -> str:
-    need_callable(answer, "a function branch_attention(h, qkv_weight, qkv_bias, proj_weight, "
-                  "proj_bias, heads)")
     for i, g in cases():
         n, B, T = 1 + i % 4, 1 + i % 3, 2 + i
         heads, hd = 1 + (i + 1) % 4, 2 + i % 3
@@ -84,7 +82,6 @@ def _meta_model(c: ParaFormerConfig) -> ParaFormer:
           "a function paraformer_parameters(config) returning the number of parameters (an int) "
           "of ParaFormer(config), for a duat.paraformer.ParaFormerConfig config")
 def paraformer_parameters(answer) -> str:
-    need_callable(answer, "a function paraformer_parameters(config)")
     for i, g in cases():
         heads = pick((1, 2, 3, 4), g)
         patch = pick((2, 4), g)

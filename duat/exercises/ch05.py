@@ -5,7 +5,7 @@ import torch
 
 from duat.bench import add_roofline
 from duat.counting import flops, flops_breakdown, layer_flops
-from duat.exercises.core import as_numbers, call, cases, exercise, need_callable, pick, same_number
+from duat.exercises.core import as_numbers, call, cases, exercise, pick, same_number
 from duat.paraformer import ParaFormerConfig
 
 
@@ -14,7 +14,6 @@ from duat.paraformer import ParaFormerConfig
           "multiply-add of the matrix products) of one encoder layer on B sequences of T tokens "
           "of width D, with MLP hidden width H")
 def encoder_layer_flops(answer) -> str:
-    need_callable(answer, "a function encoder_layer_flops(B, T, D, H)")
     for i, g in cases():
         heads = pick((1, 2, 3, 4, 6), g)
         patch = pick((2, 4, 8), g)
@@ -53,7 +52,6 @@ def encoder_layer_flops(answer) -> str:
           "(flop_bound_ms, achieved_gflops, peak_fraction) of a forward pass of `flops` FLOPs "
           "that took median_ms milliseconds on a device of peak_gflops GFLOP/s")
 def roofline(answer) -> str:
-    need_callable(answer, "a function roofline(flops, median_ms, peak_gflops)")
     for i, g in cases():
         u = torch.rand(3, generator=g, dtype=torch.float64).tolist()
         fl = int(10 ** (6 + 5 * u[0]))                 # 1e6 .. 1e11 FLOPs

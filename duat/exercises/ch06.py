@@ -8,8 +8,8 @@ import torch
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 from torch import nn
 
-from duat.exercises.core import (BadAnswer, Wrong, as_number, as_numbers, as_tensor, call, cases,
-                                 compare, exercise, need_callable, same_number)
+from duat.exercises.core import (Wrong, as_number, as_numbers, as_tensor, call, cases,
+                                 compare, exercise, same_number)
 from duat.training.engine import evaluate, lr_at
 
 
@@ -42,7 +42,6 @@ def _no_min_lr(step, total, warm, lr, min_lr):
           "learning rate (a number) at step 0 <= step < total_steps: linear warm-up "
           "lr * (step + 1) / warmup_steps, then a cosine from lr down to min_lr")
 def lr_schedule(answer) -> str:
-    need_callable(answer, "a function lr_at_step(step, total_steps, warmup_steps, lr, min_lr)")
     for i, g in cases():
         total = int(torch.randint(40, 400, (1,), generator=g))
         warm = 0 if i == 4 else int(torch.randint(1, total // 4, (1,), generator=g))
@@ -78,7 +77,6 @@ def lr_schedule(answer) -> str:
           "a function loss_and_accuracy(logits, labels) returning (mean cross-entropy, accuracy) "
           "as two numbers, for logits (B, K) and integer labels (B,)")
 def loss_and_accuracy(answer) -> str:
-    need_callable(answer, "a function loss_and_accuracy(logits, labels)")
     for i, g in cases():
         B, K = 6 + 5 * i, 2 + 2 * i
         scale = 40.0 if i == 5 else 3.0      # the last case: logits too large for a plain exp
@@ -121,7 +119,6 @@ def loss_and_accuracy(answer) -> str:
           "num_classes) matrix C with C[i, j] = number of examples of true class i predicted "
           "as j, for integer tensors pred (N,) and true (N,)")
 def confusion(answer) -> str:
-    need_callable(answer, "a function confusion(pred, true, num_classes)")
     for i, g in cases():
         K, N = 3 + i, 20 + 15 * i
         top = K - 1 if i in (2, 4) else K   # two cases: the last class never occurs at all

@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from duat.exercises.core import Wrong, as_numbers, call, cases, compare, exercise, need_callable, same_number
+from duat.exercises.core import Wrong, as_numbers, call, cases, compare, exercise, same_number
 from duat.experiments.runs import bootstrap_interval as kit_bootstrap_interval
 from duat.experiments.runs import stats
 from duat.experiments.sweeps import twin_differences
@@ -31,7 +31,6 @@ def _population_std(values: list[float]) -> float:
           "a function mean_and_spread(values) returning (mean, sample standard deviation with "
           "S - 1) as two numbers, for a list of S >= 2 test accuracies")
 def mean_and_spread(answer) -> str:
-    need_callable(answer, "a function mean_and_spread(values)")
     for i, g in cases():
         S = 2 + i
         values = [int(k) / 359 for k in torch.randint(300, 359, (S,), generator=g)]
@@ -87,7 +86,6 @@ def _accs(records: list[dict], model: str) -> list[float]:
           "were run with, for records = a list of dicts with keys 'model', 'seed', 'test_acc' "
           "(like results['records'])")
 def paired_difference(answer) -> str:
-    need_callable(answer, "a function paired_difference(records, model, twin)")
     for i, g in cases():
         records, model, twin = _records(g, i)
         case = (f"case {i}: {len(records)} records, {model} against {twin}, "
@@ -143,7 +141,6 @@ def _draws(values, level, resamples, seed, *, shape="rows", quantiles=None):
           "take the mean of each row of values[idx], and return the (1 - level)/2 and "
           "(1 + level)/2 quantiles of those means (torch.quantile)")
 def bootstrap_interval(answer) -> str:
-    need_callable(answer, "a function bootstrap_mean_interval(values, level, resamples, generator)")
     for i, g in cases():
         n = 4 + 3 * i
         if i % 2:   # paired differences in test images (integers), or accuracies

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from duat.exercises.core import BadAnswer, Wrong, call, compare, exercise, need_callable
+from duat.exercises.core import BadAnswer, Wrong, call, compare, exercise
 from duat.paraformer import ParaFormer
 from duat.registry import model_config
 from duat.training.tuning import freeze
@@ -36,7 +36,6 @@ def _placement(got, m: int, n: int, case: str) -> torch.Tensor:
           "list of depth rows of width block indices (placement[s][i] = the source block of "
           "branch i of stage s), for assignment 'stage-major' or 'strided'")
 def place(answer) -> str:
-    need_callable(answer, "a function place(num_layers, depth, width, assignment)")
     for L, m, n in PLACE_CASES:
         for assignment in ("stage-major", "strided"):
             case = f"L = {L} blocks on {m} x {n}, {assignment}"
@@ -70,7 +69,6 @@ def _step_spread(L: int, count: int) -> list[int]:
           "a function select(num_layers, count, rule) returning the list of `count` source "
           "block indices that rule 'first', 'last' or 'spread' keeps")
 def select(answer) -> str:
-    need_callable(answer, "a function select(num_layers, count, rule)")
     for L, count in SELECT_CASES:
         for rule in ("first", "last", "spread"):
             case = f"{count} of L = {L} blocks, rule {rule!r}"
@@ -125,7 +123,6 @@ def _kit_trainable(layout: str, options: dict, parts) -> tuple[list[str], list[s
           "(from `names`, a ParaFormer's parameter names) that freeze(model, parts) leaves "
           "trainable, for parts 'none', 'embed', 'blocks', 'all-but-head' or a list of these")
 def trainable(answer) -> str:
-    need_callable(answer, "a function trainable(names, parts)")
     for layout, options, parts in TRAINABLE_CASES:
         names, expected = _kit_trainable(layout, options, parts)
         case = f"{layout}{' ' + str(options) if options else ''}, parts {parts!r}"

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from duat.bench import check_targets, summarize
-from duat.exercises.core import BadAnswer, Wrong, as_numbers, call, cases, compare, exercise, need_callable
+from duat.exercises.core import BadAnswer, Wrong, as_numbers, call, cases, compare, exercise
 from duat.widgets.explorer import SLOWDOWN_LIMIT, SPREAD_LIMIT, noise_reason
 
 F64 = torch.float64
@@ -31,7 +31,6 @@ def _nearest_rank(ms: list[float], q: float) -> float:
           "a function spread(seconds) returning (median_ms, p25_ms, p75_ms) of a list of "
           "per-call times in seconds, in milliseconds, quartiles interpolated linearly")
 def spread(answer) -> str:
-    need_callable(answer, "a function spread(seconds)")
     for i, g in cases(6):
         n = 4 + 3 * i                                   # odd and even counts, 7 .. 22
         ms = _timings(g, n, base_ms=0.5 + i)
@@ -80,7 +79,6 @@ def _kit_ratio(serial_ms: list[float], parallel_ms: list[float]) -> dict:
           "median of the serial times over the median of the parallel ones, and its range "
           "from the two models' quartiles, for two lists of per-call times in ms")
 def speed_ratio(answer) -> str:
-    need_callable(answer, "a function speed_ratio(serial_ms, parallel_ms)")
     for i, g in cases(6):
         serial = _timings(g, 9 + 2 * i, base_ms=1.0 + 0.4 * i)
         parallel = _timings(g, 8 + 3 * i, base_ms=0.7 + 0.5 * i)
@@ -127,7 +125,6 @@ def _reading(g: torch.Generator) -> tuple[float, float, float, list[float]]:
           "median is above SLOWDOWN_LIMIT (2) times the lowest of earlier_medians (a list of ms, "
           "maybe empty), and False otherwise")
 def too_noisy(answer) -> str:
-    need_callable(answer, "a function too_noisy(p25_ms, median_ms, p75_ms, earlier_medians)")
     n = 40
     for i, g in cases(n):
         p25, median, p75, earlier = _reading(g)

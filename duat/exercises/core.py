@@ -4,7 +4,7 @@ compare a learner's answer with the kit's own implementation.
 A checker is a function `checker(answer) -> str` registered with `@exercise(...)`. It calls
 the answer on cases the learner has not seen (`call`, `cases`), compares with the kit
 (`compare`, `same_number`), and either returns what was checked ("5 unseen inputs") or
-raises `Wrong(message, hint)`. `check(id, answer)` runs it and turns every outcome into a
+raises `Wrong(message, hint)`. Every answer is a function; `check(id, answer)` runs it and turns every outcome into a
 `Verdict`: correct, wrong (with a hint), not attempted (the stub still raises
 NotImplementedError), or bad input (not the kind of answer expected). It never lets a
 traceback from the kit's internals reach the learner.
@@ -116,6 +116,9 @@ def _run(ex: Exercise, answer: Any) -> Verdict:
 
     if answer is None or answer is Ellipsis:
         return verdict("not attempted", f"Expected {ex.expects}; got {answer!r}.")
+    if not callable(answer):  # every answer is a function the learner writes
+        return verdict("bad input", f"Got {type(answer).__name__} {_short(answer)}, not a function. "
+                       f"Expected {ex.expects}.")
     try:
         # on a copy of torch's global random state: building the kit's reference modules
         # draws from it, and a notebook's later cells must not depend on the answer
@@ -153,11 +156,6 @@ def cases(n: int = 5, seed: int = SEED) -> Iterator[tuple[int, torch.Generator]]
 def pick(options: Sequence, g: torch.Generator):
     """One of `options`, drawn with the case's generator."""
     return options[int(torch.randint(len(options), (1,), generator=g))]
-
-
-def need_callable(answer: Any, what: str = "a function") -> None:
-    if not callable(answer):
-        raise BadAnswer(f"got {type(answer).__name__} {_short(answer)}, not {what}.")
 
 
 def call(fn: Callable, *args, case: str, **kwargs) -> Any:
