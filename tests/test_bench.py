@@ -173,7 +173,7 @@ def test_table_lists_every_case(tiny_results):
     table = bench.format_table(tiny_results)
     for impl in expected_impls():
         assert impl in table
-    lines = 4 + len(tiny_results["records"]) + len(tiny_results["skipped"])
+    lines = 5 + len(tiny_results["records"]) + len(tiny_results["skipped"])  # with the overhead
     assert len(table.splitlines()) == lines
 
 
@@ -241,7 +241,7 @@ def test_presets_give_valid_specs():
     bench.add_arguments(parser)
     for name in bench.PRESETS:
         spec, preset = bench.spec_from_args(parser.parse_args(["--preset", name]))
-        assert preset == name and spec.layers == (1, 2, 4, 8, 12, 16, 24)
+        assert preset == name and spec.layers[0] == 1 and spec.layers[-1] == 24
     spec, _ = bench.spec_from_args(parser.parse_args(["--preset", "gpu"]))
     assert (spec.device, spec.size, spec.image_size) == ("cuda", "base", 224)
     assert "graph" in spec.variants
@@ -401,3 +401,127 @@ def test_latency_plot_is_linear_unless_log_is_asked(tiny_results):
     logged = bench.plot_results(tiny_results, log=True)
     assert "log" in {ax.get_yscale() for ax in logged.axes}
     plt.close("all")
+
+
+# ----------------------------------------------------------------------------- the regime map
+
+REGIME = dict(TINY, dims=(8, 16), heads=2, layers=(1, 2, 3), batches=(1,),
+              implementations=("vit", "pf-batched"))
+
+
+@pytest.fixture(scope="module")
+def regime_results():
+    return run_benchmark(BenchSpec(**REGIME))
+
+
+def test_count_ops_sees_the_serial_layers_and_not_the_parallel_branches():
+    spec = BenchSpec(**TINY)
+    x = torch.randn(1, 1, 8, 8)
+
+    def ops(impl, L, batch=1):
+        model = build_model(impl, L, spec)
+        return bench.count_ops(lambda: model(torch.randn(batch, 1, 8, 8)))
+
+    per_layer = ops("vit", 2) - ops("vit", 1)
+    assert per_layer > 10 and ops("vit", 5) - ops("vit", 1) == 4 * per_layer
+    assert ops("pf-batched", 5) == ops("pf-batched", 2)   # one batched computation at any n >= 2
+    assert ops("pf-reference", 3) - ops("pf-reference", 2) > 10  # the loop: a layer's ops per branch
+    assert ops("vit", 3, batch=4) == ops("vit", 3)          # the count does not depend on the batch
+    assert x.shape == (1, 1, 8, 8)
+
+
+def test_op_overhead_is_measured_and_positive():
+    ov = bench.op_overhead("cpu", reps=5)
+    assert ov["ops"] > 100 and ov["calls"] == 5
+    assert 0 < ov["us_p25"] <= ov["us_per_op"] <= ov["us_p75"]
+    with pytest.raises(ValueError, match="dtype"):
+        bench.op_overhead("cpu", dtype="float8")
+
+
+def test_overhead_model_takes_the_larger_term():
+    r = bench.add_overhead_model({"ops": 100, "flop_bound_ms": 0.5}, us_per_op=10.0)
+    assert r["overhead_ms"] == pytest.approx(1.0) and r["predicted_ms"] == pytest.approx(1.0)
+    assert r["bound_by"] == "overhead"
+    r = bench.add_overhead_model({"ops": 100, "flop_bound_ms": 3.0}, us_per_op=10.0)
+    assert r["predicted_ms"] == pytest.approx(3.0) and r["bound_by"] == "flops"
+    assert bench.add_overhead_model({"ops": 100, "flop_bound_ms": 3.0}, None)["predicted_ms"] is None
+
+
+def test_regime_sweep_records_every_width_with_its_model(regime_results):
+    recs = regime_results["records"]
+    assert {(r["dim"], r["heads"], r["layers"], r["implementation"]) for r in recs} == {
+        (D, 2, L, i) for D in (8, 16) for L in (1, 2, 3) for i in ("vit", "pf-batched")}
+    ov = regime_results["overhead"]
+    assert ov["us_per_op"] > 0 and ov["calls"] >= 2
+    for r in recs:
+        assert r["ops"] > 0 and r["bound_by"] in ("overhead", "flops")
+        assert r["predicted_ms"] == pytest.approx(max(r["ops"] * ov["us_per_op"] / 1e3,
+                                                      r["flop_bound_ms"]))
+    assert bench.is_regime(regime_results)
+
+
+def test_regime_grid_holds_the_measured_ratios(regime_results):
+    g = bench.regime_grid(regime_results, batch=1)
+    assert g["dims"] == [8, 16] and g["ns"] == [1, 2, 3]
+    recs = regime_results["records"]
+    pf3 = bench.find(recs, implementation="pf-batched", layers=3, dim=16)
+    pf1 = bench.find(recs, implementation="pf-batched", layers=1, dim=16)
+    vit3 = bench.find(recs, implementation="vit", layers=3, dim=16)
+    assert g["pf"][1, 2] == pytest.approx(pf3["median_ms"] / pf1["median_ms"])
+    assert g["pf_vs_vit"][1, 2] == pytest.approx(pf3["median_ms"] / vit3["median_ms"])
+    assert g["pf"][0, 0] == 1.0 and g["pf_low"][1, 2] <= g["pf"][1, 2] <= g["pf_high"][1, 2]
+    assert math.isfinite(g["pf_predicted"][1, 2])
+    cells = bench.claim_cells(regime_results, limit=1e9)  # every n > 1 passes an endless limit
+    assert len(cells) == 2 * 2 and all(c["n"] > 1 for c in cells)
+    assert bench.claim_cells(regime_results, limit=0.0) == []
+    text = bench.format_regime(regime_results)
+    assert "per-op overhead" in text and "batch 1" in text
+
+
+def test_boundary_is_where_flops_overtake_the_overhead():
+    def rec(n, overhead, flop):
+        return dict(implementation="pf-batched", variant="eager", batch=1, dim=32, layers=n,
+                    overhead_ms=overhead, flop_bound_ms=flop)
+    res = {"records": [rec(1, 1.0, 0.25), rec(2, 1.0, 0.5), rec(4, 1.0, 2.0)]}
+    assert bench.boundary(res, 1, 32) == pytest.approx(1.5)   # log-midway between n=2 and n=4
+    res = {"records": [rec(1, 1.0, 0.1), rec(2, 1.0, 0.2)]}
+    assert bench.boundary(res, 1, 32) is None                 # the overhead holds throughout
+    res = {"records": [rec(1, 1.0, 2.0), rec(2, 1.0, 4.0)]}
+    assert bench.boundary(res, 1, 32) == -0.5                 # FLOPs dominate from the start
+
+
+def test_regime_run_saves_its_maps_and_is_found_apart(regime_results, tiny_results, tmp_path):
+    paths = bench.save_results(dict(regime_results, preset="regime"), tmp_path / "cpu-regime")
+    assert sorted(p.name for p in paths) == sorted(bench.RESULT_FILES + bench.REGIME_FILES)
+    bench.save_results(dict(tiny_results, preset="full"), tmp_path / "cpu-full")
+    assert bench.latest_run(tmp_path).name == "cpu-full"       # a regime sweep is not a depth run
+    assert bench.latest_run(tmp_path, preset="regime").name == "cpu-regime"
+    with pytest.raises(ValueError, match="no token width D=99"):
+        bench.plot_results(regime_results, dim=99)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--dims", "30", "--heads", "4"], "D=30 is not divisible by 4 heads"),
+    (["--dims", "32", "--layers", "0"], "layers"),
+    (["--dims", "0"], "dims"),
+    (["--dims", "32", "--batch", "100000000"], "GiB free"),
+])
+def test_regime_preset_refuses_bad_input_in_one_line(args, words, tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main(["bench", "--preset", "regime", "--device", "cpu", *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and err.startswith("duat bench: error:") and len(err.splitlines()) == 1
+    assert not out.exists() or not any(out.iterdir())   # no run folder left behind
+
+
+def test_regime_preset_never_overwrites_an_earlier_run(tmp_path, capsys):
+    args = ["bench", "--preset", "regime", "--device", "cpu", "--size", "tiny", "--image-size", "8",
+            "--in-channels", "1", "--dims", "8", "--heads", "2", "--layers", "1", "2",
+            "--batch", "1", "--reps", "3", "--warmup", "1", "--rounds", "1",
+            "--max-case-seconds", "0.05", "--out", str(tmp_path), "--name", "r"]
+    assert main(args) == 0
+    assert "flat latency" in capsys.readouterr().out
+    before = (tmp_path / "r" / "results.json").read_bytes()
+    assert main(args) == 2
+    assert "earlier run" in capsys.readouterr().err
+    assert (tmp_path / "r" / "results.json").read_bytes() == before

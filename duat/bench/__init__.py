@@ -9,19 +9,29 @@
 - duat.bench.report: the table, the kit's targets, results.json / .csv / .png, the plot,
   comparing a rerun with a saved run, and finding saved runs (results_root: the committed
   ones, which ship with the kit; run_roots, list_runs, latest_run, load_results).
+- duat.bench.regime: the latency regime map of a sweep over token width D, n and batch
+  (`duat bench --preset regime`): the ratios, where the flat-latency claim holds, the
+  model t = max(ops x overhead, FLOPs / peak) against the measurements, the heat maps.
 - duat.bench.cli: the `duat bench` command (`add_arguments`, `run`, re-exported here).
 """
 from duat.bench.cli import PRESETS, add_arguments, run, spec_from_args
-from duat.bench.harness import (DTYPES, IMPLEMENTATIONS, VARIANTS, BenchSpec, add_roofline,
-                                build_model, make_callable, matmul_peak, run_benchmark,
-                                summarize, time_calls, timm_available)
-from duat.bench.report import (RESULT_FILES, check_targets, compare_runs, find,
+from duat.bench.harness import (DTYPES, IMPLEMENTATIONS, VARIANTS, BenchSpec,
+                                add_overhead_model, add_roofline, build_model, count_ops,
+                                estimate_bytes, make_callable, matmul_peak, op_overhead,
+                                run_benchmark, summarize, time_calls, timm_available)
+from duat.bench.regime import (FLAT_LIMIT, boundary, claim_cells, format_regime, is_regime,
+                               model_error, plot_model, plot_regime, regime_grid)
+from duat.bench.report import (REGIME_FILES, RESULT_FILES, check_targets, compare_runs, find,
                                format_comparison, format_table, format_targets, is_quick, latest_run, list_runs, load_results,
                                plot_results, records_csv, results_root, run_roots, save_results)
 
 __all__ = [
-    "BenchSpec", "DTYPES", "IMPLEMENTATIONS", "PRESETS", "RESULT_FILES", "VARIANTS",
-    "add_arguments", "add_roofline", "build_model", "check_targets", "compare_runs", "find",
+    "BenchSpec", "DTYPES", "FLAT_LIMIT", "IMPLEMENTATIONS", "PRESETS", "REGIME_FILES",
+    "RESULT_FILES", "VARIANTS",
+    "add_arguments", "add_overhead_model", "add_roofline", "boundary", "build_model",
+    "check_targets", "claim_cells", "compare_runs", "count_ops", "estimate_bytes", "find",
+    "format_regime", "is_regime", "model_error", "op_overhead", "plot_model", "plot_regime",
+    "regime_grid",
     "format_comparison", "format_table",
     "format_targets", "is_quick", "latest_run", "list_runs", "load_results", "make_callable",
     "matmul_peak", "plot_results", "records_csv", "results_root", "run", "run_benchmark", "run_roots",

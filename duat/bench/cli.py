@@ -5,6 +5,8 @@
     duat bench --preset gpu                 # GPU, ViT-S-like sizes (197 tokens, dim 384),
                                             # eager and CUDA-graph variants, batch 1 and 64
     duat bench --preset gpu --variants eager graph compile   # ... and torch.compile
+    duat bench --preset regime              # the latency regime map: D x n x batch, with the
+                                            # per-op overhead and the overhead model
 
 Results go to bench/<name>/ of duat.locations.output_dir() (results.json, results.csv,
 latency_vs_layers.png): duat/results/bench/ in a source checkout, next to the committed
@@ -19,8 +21,9 @@ import datetime
 import sys
 from pathlib import Path
 
-from duat.bench.harness import (DTYPES, IMPLEMENTATIONS, VARIANTS, BenchSpec, resolve_device,
-                                run_benchmark)
+from duat.bench.harness import (DTYPES, IMPLEMENTATIONS, VARIANTS, BenchSpec, check_memory,
+                                resolve_device, run_benchmark)
+from duat.bench.regime import format_regime, is_regime
 from duat.bench.report import (BENCH_FOLDER, check_targets, compare_runs, format_comparison,
                                format_table, format_targets, load_results, save_results)
 from duat.locations import output_dir
@@ -37,6 +40,13 @@ PRESETS: dict[str, dict] = {
     "gpu": dict(device="cuda", size="base", image_size=224, batches=(1, 64),
                 layers=(1, 2, 4, 8, 12, 16, 24), variants=("eager", "graph"), reps=200,
                 warmup=20, rounds=4, max_case_seconds=4.0),
+    # The latency regime map (duat.bench.regime): token width D x n x batch, 16x16 images
+    # in 4x4 patches (17 tokens); serial ViT-n against batched Para-Former-1-n. Under ten
+    # minutes on a 2-core CPU: the time cap per case sets the reps of the slow cases.
+    "regime": dict(dims=(32, 64, 128, 192, 384), layers=(1, 2, 4, 8, 16, 24),
+                   batches=(1, 8, 64), implementations=("vit", "pf-batched"), image_size=16,
+                   patch_size=4, reps=40, min_reps=3, warmup=3, rounds=2,
+                   max_case_seconds=0.6, peak_sizes=(1024,)),
 }
 
 
@@ -49,8 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="full preset: batch 1 and 64, L = 1..24, up to 60 reps "
                            "(the committed results; minutes). Default: DUAT_PROFILE, else quick")
     size.add_argument("--preset", choices=list(PRESETS),
-                      help="a named preset: quick, full, or gpu (CUDA, ViT-S-like sizes, "
-                           "eager and CUDA-graph variants); options below override it")
+                      help="a named preset: quick, full, gpu (CUDA, ViT-S-like sizes, "
+                           "eager and CUDA-graph variants), or regime (token width D x n x "
+                           "batch: the latency regime map); options below override it")
     parser.add_argument("--device", help="auto (default; the gpu preset: cuda), cpu, cuda, "
                                          "cuda:1, mps")
     parser.add_argument("--batch", type=int, nargs="+", metavar="B", help="batch size(s)")
@@ -60,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variants", nargs="+", metavar="V",
                         help=f"{', '.join(VARIANTS)} (default: eager; graph needs CUDA)")
     parser.add_argument("--size", help="model width preset: tiny, small (default), base")
+    parser.add_argument("--dims", type=int, nargs="+", metavar="D",
+                        help="token widths D to sweep (default: the size's; regime: 32 64 "
+                             "128 192 384)")
+    parser.add_argument("--heads", type=int, help="attention heads per layer (default: the "
+                                                  "size's; with --dims, D // 64 and at least 1)")
+    parser.add_argument("--patch-size", type=int, help="patch side (default: by image size)")
     parser.add_argument("--image-size", type=int, help="image side (default 32: 64 patches)")
     parser.add_argument("--in-channels", type=int, help="image channels (default 3)")
     parser.add_argument("--dtype", choices=list(DTYPES), help="default float32")
@@ -89,6 +106,7 @@ def spec_from_args(args: argparse.Namespace) -> tuple[BenchSpec, str]:
     options = {"device": args.device, "batches": args.batch, "layers": args.layers,
                "implementations": args.impl,
                "variants": args.variants, "size": args.size, "image_size": args.image_size,
+               "dims": args.dims, "heads": args.heads, "patch_size": args.patch_size,
                "in_channels": args.in_channels, "dtype": args.dtype, "threads": args.threads,
                "reps": args.reps, "warmup": args.warmup, "rounds": args.rounds,
                "max_case_seconds": args.max_case_seconds}
@@ -105,20 +123,25 @@ def run(args: argparse.Namespace) -> int:
     reference = load_results(args.compare) if args.compare else None
     spec, preset = spec_from_args(args)
     device = resolve_device(spec)
+    check_memory(spec, device, spec.implementations)  # a batch too large: refused before anything
     folder = None
     if not args.no_save:  # refuse a used folder now, not after minutes of timing
         now = datetime.datetime.now(datetime.timezone.utc)
         name = args.name or (f"{device.type}-quick-{now:%Y-%m-%d-%H%M%S}" if preset == "quick"
-                             else f"{device.type}-{now:%Y-%m-%d}")
+                             else f"{device.type}-{now:%Y-%m-%d}" if preset == "full"
+                             else f"{device.type}-{preset}-{now:%Y-%m-%d}")
         parent = Path(args.out) if args.out is not None else output_dir(BENCH_FOLDER)
         folder = prepare_output_dir(parent / name, overwrite=args.overwrite)
-    print(f"duat bench ({preset}): batch {list(spec.batches)}, L {list(spec.layers)}, "
+    dims = [D for D, _ in spec.widths()]
+    print(f"duat bench ({preset}): D {dims}, batch {list(spec.batches)}, L {list(spec.layers)}, "
           f"{', '.join(spec.implementations)}; {spec.size}, {spec.image_size}x{spec.image_size} "
           f"images, {spec.dtype} on {device}", file=sys.stderr)
     # only timm asked for and timm missing, or no variant could be built: a ValueError
     results = run_benchmark(spec, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     results["preset"] = preset
     print(format_table(results))
+    if is_regime(results):
+        print(format_regime(results))
     print(format_targets(check_targets(results)))
     if folder is not None:
         for path in save_results(results, folder, overwrite=True):  # the folder checked above

@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import importlib.metadata
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -30,6 +31,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode  # counts dispatched ops
 
 from duat.checks import real, whole, wholes
 from duat.counting import flops, layer_flops
@@ -68,6 +70,7 @@ class BenchSpec:
     variants: tuple = ("eager",)                # see VARIANTS
     size: str = "small"                         # registry size: dim 192, 3 heads, MLP 4x
     image_size: int = 32                        # 32x32 in 4x4 patches: 64 patches + class token
+    patch_size: int | None = None               # None: the registry's for the image size
     in_channels: int = 3
     num_classes: int = 10
     dtype: str = "float32"                      # also the dtype of the matmul peak
@@ -79,6 +82,9 @@ class BenchSpec:
     rounds: int = 3                             # reps split into rounds cycling the cases
     max_case_seconds: float = 5.0               # time cap per case; lowers reps (to min_reps)
     peak_sizes: tuple | None = None             # GEMM sides for the peak (None: by device)
+    dims: tuple | None = None                   # token widths D to sweep (None: the size's own)
+    heads: int | None = None                    # heads per layer (None: the size's; with dims,
+                                                # D // 64 and at least 1: head width 64 or D)
     seed: int = 0
 
     def __post_init__(self):
@@ -99,9 +105,28 @@ class BenchSpec:
             raise ValueError(f"reps ({self.reps}) must be >= min_reps ({self.min_reps})")
         if self.threads is not None:
             self.threads = whole("threads", self.threads)
+        if self.patch_size is not None:
+            self.patch_size = whole("patch_size", self.patch_size)
+            if self.image_size % self.patch_size:
+                raise ValueError(f"image_size {self.image_size} is not divisible by "
+                                 f"patch_size {self.patch_size}")
         if self.peak_sizes is not None:
             self.peak_sizes = wholes("peak_sizes", self.peak_sizes)
         real("max_case_seconds", self.max_case_seconds, low=0, low_open=True)
+        if self.dims is not None:
+            self.dims = tuple(dict.fromkeys(wholes("dims (D)", self.dims)))
+        if self.heads is not None:
+            self.heads = whole("heads", self.heads)
+        for D, h in self.widths():
+            if D % h:
+                raise ValueError(f"token width D={D} is not divisible by {h} heads; give "
+                                 f"widths that are multiples of the heads, or other --heads")
+
+    def widths(self) -> list[tuple[int, int]]:
+        """The (D, heads) pairs to time: one per entry of dims, or the size's own."""
+        if self.dims is None:
+            return [(SIZES[self.size]["dim"], self.heads or SIZES[self.size]["heads"])]
+        return [(D, self.heads or max(1, D // 64)) for D in self.dims]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -109,9 +134,15 @@ class BenchSpec:
 
 # ----------------------------------------------------------------------------- models
 
-def model_kwargs(spec: BenchSpec) -> dict:
-    return dict(size=spec.size, image_size=spec.image_size, in_channels=spec.in_channels,
-                num_classes=spec.num_classes)
+def model_kwargs(spec: BenchSpec, width: tuple[int, int] | None = None) -> dict:
+    """create_model's keywords for the spec's models; `width` (D, heads) overrides the size's."""
+    kw = dict(size=spec.size, image_size=spec.image_size, in_channels=spec.in_channels,
+              num_classes=spec.num_classes)
+    if spec.patch_size is not None:
+        kw["patch_size"] = spec.patch_size
+    if width is not None:
+        kw.update(dim=width[0], heads=width[1])
+    return kw
 
 
 def _timm_block():
@@ -130,8 +161,10 @@ def timm_available() -> str | None:
     return block if isinstance(block, str) else None
 
 
-def build_model(implementation: str, layers: int, spec: BenchSpec | None = None) -> nn.Module:
-    """The model timed as `implementation` at depth L, in eval mode, on the CPU in float32.
+def build_model(implementation: str, layers: int, spec: BenchSpec | None = None,
+                width: tuple[int, int] | None = None) -> nn.Module:
+    """The model timed as `implementation` at depth L, in eval mode, on the CPU in float32;
+    `width` (D, heads) replaces the size's width (a regime sweep's D).
 
     Every model carries `.config` (a ParaFormerConfig) whose FLOPs (duat.counting.flops)
     are those of its forward pass; for timm's block that is the config of Para-Former-1-L.
@@ -142,7 +175,7 @@ def build_model(implementation: str, layers: int, spec: BenchSpec | None = None)
                          f"known: {', '.join(IMPLEMENTATIONS)}")
     whole("layers (L)", layers)
     torch.manual_seed(spec.seed)
-    kw = model_kwargs(spec)
+    kw = model_kwargs(spec, width)
     if implementation == "vit":
         model = create_model(f"vit-{layers}", **kw)
     elif implementation == "pf-batched":
@@ -293,6 +326,132 @@ def matmul_peak(device: torch.device | str = "cpu", dtype: str = "float32",
             "by_size": by_size}
 
 
+# ----------------------------------------------------------------------------- per-op overhead
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the aten operations that reach the kernels (views included: each one is a
+    dispatch too)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(fn: Callable[[], object]) -> int:
+    """How many aten operations one call of fn() dispatches (under inference_mode)."""
+    counter = _OpCounter()
+    with torch.inference_mode(), counter:
+        fn()
+    return counter.ops
+
+
+# The overhead probe: a ViT-8 so narrow (D = 8, 2 tokens, batch 1) that its arithmetic is
+# nothing, so its time is the fixed cost of its operations. The same kinds of operations,
+# through the same Python, as the benchmarked models: no assumed figure.
+OVERHEAD_PROBE = dict(name="vit-8", dim=8, heads=1, mlp_ratio=1.0, image_size=4, patch_size=4,
+                      in_channels=1, num_classes=2)
+
+
+def _overhead_case(device: torch.device, dtype: str) -> "Case":
+    kw = dict(OVERHEAD_PROBE)
+    torch.manual_seed(0)
+    model = create_model(kw.pop("name"), **kw).eval().to(device, DTYPES[dtype])
+    x = torch.zeros(1, 1, 4, 4, device=device, dtype=DTYPES[dtype])
+    fn = lambda: model(x)  # noqa: E731
+    case = Case("op-overhead", "eager", 8, 1, model, fn)
+    case.ops = count_ops(fn)
+    return case
+
+
+def _overhead_summary(case: "Case") -> dict:
+    s = summarize(case.seconds)
+    per = 1e3 / case.ops  # ms per call -> us per op
+    return {"us_per_op": s["median_ms"] * per, "us_p25": s["p25_ms"] * per,
+            "us_p75": s["p75_ms"] * per, "ops": case.ops, "calls": len(case.seconds),
+            "probe": "{name} at D={dim}, {heads} head, 2 tokens, batch 1".format(**OVERHEAD_PROBE)}
+
+
+def op_overhead(device: torch.device | str = "cpu", dtype: str = "float32", reps: int = 50) -> dict:
+    """The fixed cost of one operation on `device`, measured: the time of a forward pass of
+    a model whose arithmetic is negligible (OVERHEAD_PROBE), divided by the operations it
+    dispatches. Returns us_per_op (median) with its quartiles, and the op count."""
+    device = torch.device(device)
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
+    case = _overhead_case(device, dtype)
+    with torch.inference_mode():
+        time_calls(case.fn, 5, device)  # warm-up
+        case.seconds = time_calls(case.fn, whole("reps", reps), device)
+    return _overhead_summary(case)
+
+
+def add_overhead_model(record: dict, us_per_op: float | None) -> dict:
+    """Add the simple latency model t = max(ops x overhead, FLOPs / peak): the overhead
+    floor `overhead_ms`, the prediction `predicted_ms`, and which term sets it (`bound_by`).
+    Needs the record's `ops` and, from add_roofline, its `flop_bound_ms`."""
+    if us_per_op is None or record.get("ops") is None:
+        record["overhead_ms"] = record["predicted_ms"] = record["bound_by"] = None
+        return record
+    record["overhead_ms"] = record["ops"] * us_per_op / 1e3
+    flop_ms = record.get("flop_bound_ms") or 0.0
+    record["predicted_ms"] = max(record["overhead_ms"], flop_ms)
+    record["bound_by"] = "overhead" if record["overhead_ms"] >= flop_ms else "flops"
+    return record
+
+
+# ----------------------------------------------------------------------------- memory
+
+def estimate_bytes(config, batch: int, dtype: str = "float32") -> int:
+    """A generous estimate of what one forward pass of `config` holds at its peak: the
+    weights, and one stage's activations for all its branches at once (qkv, attention
+    scores, MLP hidden, outputs), as the batched stage computes them."""
+    c = config
+    B, T, D, H, n = batch, c.num_tokens, c.dim, c.hidden_dim, c.width
+    size = torch.finfo(DTYPES[dtype]).bits // 8
+    weights = c.layers * (4 * D * D + 2 * D * H + 10 * D) + (c.in_channels * c.patch_size ** 2 + T + 1) * D
+    activations = n * B * T * (3 * D + 4 * D + 2 * H) + n * B * c.heads * T * T + 4 * B * T * D
+    return size * (weights + activations)
+
+
+def free_bytes(device: torch.device) -> int | None:
+    """Memory free for the benchmark on `device` now, or None where it cannot be asked."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "cpu":
+        try:
+            return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):  # not a POSIX system that says
+            return None
+    return None
+
+
+def check_memory(spec: BenchSpec, device: torch.device, implementations) -> None:
+    """Refuse, before anything is timed, a sweep whose largest case would not fit: one line
+    naming the case, its estimate and what the device has free."""
+    free = free_bytes(device)
+    if free is None:
+        return
+    worst = None
+    for width in spec.widths():
+        for L in spec.layers:
+            for impl in implementations:
+                name = f"vit-{L}" if impl == "vit" else f"pf-1-{L}"
+                c = model_config(name, **model_kwargs(spec, width))
+                for batch in spec.batches:
+                    need = estimate_bytes(c, batch, spec.dtype)
+                    if worst is None or need > worst[0]:
+                        worst = (need, name, width[0], batch, c.num_tokens)
+    if worst[0] > 0.8 * free:
+        need, name, D, batch, T = worst
+        raise ValueError(f"{name} at D={D}, {T} tokens, batch {batch} needs about "
+                         f"{need / 2**30:.1f} GiB, but {device} has {free / 2**30:.1f} GiB free; "
+                         f"give a smaller --batch (or fewer --layers / --dims)")
+
+
 # ----------------------------------------------------------------------------- the run
 
 @dataclass
@@ -305,6 +464,7 @@ class Case:
     batch: int
     model: nn.Module
     fn: Callable[[], object]
+    ops: int | None = None      # aten operations one call dispatches (count_ops)
     reps: int = 0
     warmup: int = 0
     seconds: list = field(default_factory=list)
@@ -325,12 +485,16 @@ def environment(device: torch.device, spec: BenchSpec) -> dict:
 
 def run_benchmark(spec: BenchSpec | None = None, progress: Callable[[str], None] | None = None,
                   measure_peak: bool = True) -> dict:
-    """Time every (batch, L, implementation, variant) of `spec`; return the results dict.
+    """Time every (D, batch, L, implementation, variant) of `spec`; return the results dict.
 
-    {"spec", "environment", "peak", "skipped", "records"}: one record per case, each with
-    its latency summary, FLOPs, the FLOP-bound latency flops / peak and the achieved
-    fraction of the peak. Within a (batch, L) the timed calls are split into `rounds`
-    that cycle over the cases, so slow drifts in machine load hit every case alike.
+    {"spec", "environment", "peak", "overhead", "skipped", "records"}: one record per case,
+    each with its latency summary, FLOPs, dispatched op count, the FLOP-bound latency
+    flops / peak, the achieved fraction of the peak, and the overhead model's prediction
+    max(ops x overhead, flops / peak). Within a (D, batch, L) the timed calls are split
+    into `rounds` that cycle over the cases, so slow drifts in machine load hit every case
+    alike; the matmul peak and the per-op overhead are timed between those rounds, so they
+    see the same machine. A sweep whose largest case would not fit in memory is refused
+    before anything is timed.
     """
     spec = spec if spec is not None else BenchSpec()
     if not isinstance(spec, BenchSpec):
@@ -346,43 +510,49 @@ def run_benchmark(spec: BenchSpec | None = None, progress: Callable[[str], None]
             impls.remove("timm-parallel")
         if not impls:
             raise ValueError("nothing to time: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
-        probe, scan = None, None
+        check_memory(spec, device, impls)
+        probes, scan = [], None
         if measure_peak:  # pick the GEMM size, then time it between the models all run long
-            say("measuring the matmul peak ...")
+            say("measuring the matmul peak and the per-op overhead ...")
             scan = matmul_peak(device, spec.dtype, spec.peak_sizes, reps=5)
-            probe = Case("matmul-peak", "eager", 0, 0, None, _gemm(scan["size"], device, spec.dtype))
+            probes.append(Case("matmul-peak", "eager", 0, 0, None, _gemm(scan["size"], device, spec.dtype)))
+            probes.append(_overhead_case(device, spec.dtype))
         records = []
-        for batch in spec.batches:
-            for L in spec.layers:
-                cases = _build_cases(spec, impls, L, batch, device, skipped, say)
-                time_cases(cases, spec, device, say, probe)
-                for case in cases:
-                    records.append(_record(case, spec, env))
-                del cases
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+        for width in spec.widths():
+            for batch in spec.batches:
+                for L in spec.layers:
+                    cases = _build_cases(spec, impls, L, batch, device, skipped, say, width)
+                    time_cases(cases, spec, device, say, probes)
+                    for case in cases:
+                        records.append(_record(case, spec, env))
+                    del cases
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
         if not records:  # every variant failed to build: as refused as "nothing to time"
             raise ValueError("no case could be run: " +
                                "; ".join(f"{k}: {v}" for k, v in skipped.items()))
-        peak = None
-        if probe is not None:
-            s, fl = summarize(probe.seconds), 2 * scan["size"] ** 3
+        peak = overhead = None
+        if probes:
+            s, fl = summarize(probes[0].seconds), 2 * scan["size"] ** 3
             peak = {"gflops": fl / s["median_ms"] / 1e6, "gflops_p25": fl / s["p75_ms"] / 1e6,
                     "gflops_p75": fl / s["p25_ms"] / 1e6, "size": scan["size"],
-                    "dtype": spec.dtype, "calls": len(probe.seconds), "scan": scan}
+                    "dtype": spec.dtype, "calls": len(probes[0].seconds), "scan": scan}
+            overhead = _overhead_summary(probes[1])
         for r in records:
             add_roofline(r, peak["gflops"] if peak else None)
-        return {"spec": spec.to_dict(), "environment": env, "peak": peak,
+            add_overhead_model(r, overhead["us_per_op"] if overhead else None)
+        return {"spec": spec.to_dict(), "environment": env, "peak": peak, "overhead": overhead,
                 "skipped": skipped, "records": records}
 
 
-def _build_cases(spec, impls, L, batch, device, skipped, say) -> list[Case]:
+def _build_cases(spec, impls, L, batch, device, skipped, say, width=None) -> list[Case]:
     gen = torch.Generator(device="cpu").manual_seed(spec.seed)
     x = torch.randn(batch, spec.in_channels, spec.image_size, spec.image_size, generator=gen)
     x = x.to(device, DTYPES[spec.dtype])
     cases = []
     for impl in impls:
-        model = build_model(impl, L, spec).to(device, DTYPES[spec.dtype])
+        model = build_model(impl, L, spec, width).to(device, DTYPES[spec.dtype])
+        ops = count_ops(lambda: model(x))
         for variant in spec.variants:
             key = f"{impl}+{variant}"
             try:
@@ -392,18 +562,20 @@ def _build_cases(spec, impls, L, batch, device, skipped, say) -> list[Case]:
                 skipped[key] = f"{type(err).__name__}: {err}"
                 say(f"  skipped {key}: {skipped[key]}")
                 continue
-            cases.append(Case(impl, variant, L, batch, model, fn))
+            cases.append(Case(impl, variant, L, batch, model, fn, ops=ops))
     return cases
 
 
-PEAK_CALLS_PER_ROUND = 2  # matmul-peak calls timed before each round of each (batch, L)
+PEAK_CALLS_PER_ROUND = 2  # calls of each probe timed before each round of each (D, batch, L)
 
 
 def time_cases(cases: list[Case], spec: BenchSpec, device: torch.device, say,
-               probe: Case | None = None) -> None:
+               probes: list[Case] | Case | None = None) -> None:
     """Warm every case up, then time them in interleaved rounds (spec.rounds), so that slow
-    drifts of the machine's load hit all cases alike; `probe` (the matmul peak) is timed
-    between the rounds. The benchmark and the explorer both time through this loop."""
+    drifts of the machine's load hit all cases alike; `probes` (the matmul peak, the per-op
+    overhead) are timed before each round. The benchmark and the explorer both time
+    through this loop."""
+    probes = [] if probes is None else [probes] if isinstance(probes, Case) else list(probes)
     with torch.inference_mode():
         for case in cases:  # warm-up: at least one call, at most spec.warmup, within a budget
             t0 = time.perf_counter()
@@ -421,7 +593,7 @@ def time_cases(cases: list[Case], spec: BenchSpec, device: torch.device, say,
         gc.disable()
         try:
             for r in range(spec.rounds):
-                if probe is not None:
+                for probe in probes:
                     probe.seconds += time_calls(probe.fn, PEAK_CALLS_PER_ROUND, device)
                 for case in (cases if r % 2 == 0 else reversed(cases)):
                     todo = min(math.ceil(case.reps / spec.rounds), case.reps - len(case.seconds))
@@ -432,7 +604,7 @@ def time_cases(cases: list[Case], spec: BenchSpec, device: torch.device, say,
                 gc.enable()
     for case in cases:
         s = summarize(case.seconds)
-        say(f"  batch {case.batch:>3}  L {case.layers:>2}  {case.implementation:<14} "
+        say(f"  D {case.model.config.dim:>3}  batch {case.batch:>3}  L {case.layers:>2}  {case.implementation:<14} "
             f"{case.variant:<7} {s['median_ms']:9.2f} ms  (p25-p75 {s['p25_ms']:.2f}-"
             f"{s['p75_ms']:.2f}, {len(case.seconds)} reps)")
 
@@ -450,7 +622,7 @@ def _record(case: Case, spec: BenchSpec, env: dict) -> dict:
         "dtype": spec.dtype, "device": env["device"], "device_name": env["device_name"],
         "torch": env["torch"], "threads": env["threads"], "date": env["date"],
         "flops": flops(c, case.batch), "layer_flops": layer_flops(c, case.batch),
-        "warmup": case.warmup, "reps": len(case.seconds),
+        "ops": case.ops, "warmup": case.warmup, "reps": len(case.seconds),
     }
     rec.update(summarize(case.seconds))
     rec["samples_ms"] = [round(s * 1e3, 5) for s in case.seconds]

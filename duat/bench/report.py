@@ -14,12 +14,15 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from duat.bench import regime
 from duat.bench.harness import IMPLEMENTATIONS, VARIANTS
 from duat.locations import committed, output_dir
 from duat.storage import (atomic_write_json, atomic_write_text, prepare_output_dir,
                           read_results, write_figure)
 
 RESULT_FILES = ("results.json", "results.csv", "latency_vs_layers.png")
+# ... and a regime sweep's (several token widths D; duat.bench.regime) maps and model
+REGIME_FILES = ("regime_map.png", "regime_model.png")
 BENCH_FOLDER = "bench"  # the runs' parent folder, committed (duat/results/bench) and new ones
 ORDER = tuple(IMPLEMENTATIONS)  # table and plot order
 
@@ -27,7 +30,7 @@ ORDER = tuple(IMPLEMENTATIONS)  # table and plot order
 def _sort_key(r: dict):
     impl = ORDER.index(r["implementation"]) if r["implementation"] in ORDER else len(ORDER)
     variant = VARIANTS.index(r["variant"]) if r["variant"] in VARIANTS else len(VARIANTS)
-    return (r["batch"], r["layers"], impl, variant)
+    return (r.get("dim", 0), r["batch"], r["layers"], impl, variant)
 
 
 def find(records: list[dict], **match) -> dict | None:
@@ -54,15 +57,21 @@ def format_table(results: dict) -> str:
                if "calls" in peak else "")
         lines.append(f"matmul peak {peak['gflops']:.1f} GFLOP/s{spread}: "
                      f"{peak.get('size', '?')}^2 GEMMs{how}")
-    head = (f"{'batch':>5} {'L':>3}  {'implementation':<22} {'median ms':>10} "
-            f"{'p25-p75 ms':>17} {'GFLOP/s':>8} {'%peak':>6} {'bound ms':>9} {'reps':>4}")
+    overhead = results.get("overhead")
+    if overhead:
+        lines.append(f"per-op overhead {overhead['us_per_op']:.1f} us (p25-p75 "
+                     f"{overhead['us_p25']:.1f}-{overhead['us_p75']:.1f}): {overhead['probe']}, "
+                     f"{overhead['ops']} ops, {overhead['calls']} calls")
+    head = (f"{'D':>4} {'batch':>5} {'L':>3}  {'implementation':<22} {'median ms':>10} "
+            f"{'p25-p75 ms':>17} {'GFLOP/s':>8} {'%peak':>6} {'bound ms':>9} {'model ms':>9} {'reps':>4}")
     lines += [head, "-" * len(head)]
     for r in sorted(results["records"], key=_sort_key):
         frac = f"{100 * r['peak_fraction']:5.1f}%" if r.get("peak_fraction") is not None else "   -  "
         bound = f"{r['flop_bound_ms']:9.3f}" if r.get("flop_bound_ms") is not None else "      -  "
-        lines.append(f"{r['batch']:>5} {r['layers']:>3}  {r['label']:<22} {r['median_ms']:>10.3f} "
-                     f"{r['p25_ms']:>8.3f}-{r['p75_ms']:<8.3f} {r['achieved_gflops']:>8.1f} "
-                     f"{frac} {bound} {r['reps']:>4}")
+        model = f"{r['predicted_ms']:9.3f}" if r.get("predicted_ms") is not None else "      -  "
+        lines.append(f"{r.get('dim', '?'):>4} {r['batch']:>5} {r['layers']:>3}  {r['label']:<22} "
+                     f"{r['median_ms']:>10.3f} {r['p25_ms']:>8.3f}-{r['p75_ms']:<8.3f} "
+                     f"{r['achieved_gflops']:>8.1f} {frac} {bound} {model} {r['reps']:>4}")
     for key, why in results.get("skipped", {}).items():
         lines.append(f"skipped {key}: {why}")
     return "\n".join(lines)
@@ -123,9 +132,10 @@ def _ratio(a: dict, b: dict) -> dict:
 def check_targets(results: dict, layers: int = 12) -> list[dict]:
     """The kit's targets that this run's records can decide, each with its measured value.
 
-    CPU (batch 1, at `layers`): Para-Former-1-L batched >= 1.5x faster than serial ViT-L,
-    than the reference loop and than timm's block; its achieved FLOP/s >= 70 % of the
-    matmul peak. CPU (batch 64): batched / ViT <= 1.05. GPU (batch 1, per variant):
+    CPU (batch 1, at `layers`, D = 192): Para-Former-1-L batched >= 1.5x faster than serial
+    ViT-L, than the reference loop and than timm's block; its achieved FLOP/s >= 70 % of the
+    matmul peak. CPU (batch 64): batched / ViT <= 1.05. CPU (batch 1, D = 32, T = 17: the
+    overhead regime): Para-Former-1-24 / Para-Former-1-1 <= 1.5. GPU (batch 1, per variant):
     latency(pf L=24) / latency(pf L=1) <= 1.3 and ViT L=24 / L=1 >= 10.
     Each check says whether the run used the target's sizes (`sizes_match`).
     """
@@ -138,9 +148,12 @@ def check_targets(results: dict, layers: int = 12) -> list[dict]:
                         high=ratio.get("high"), op=op, threshold=threshold, holds=bool(holds),
                         sizes_match=sizes_match))
 
+    dims = sorted({r.get("dim") for r in recs})
     if env["device"] == "cpu":
-        b1 = dict(batch=1, layers=layers)
-        pf = find(recs, implementation="pf-batched", **b1)
+        # the kit's sizes (D = 192, T = 65), or a run's only width
+        D = 192 if 192 in dims else dims[0] if len(dims) == 1 else None
+        b1 = dict(batch=1, layers=layers, dim=D)
+        pf = find(recs, implementation="pf-batched", **b1) if D is not None else None
         if pf is not None:
             match = pf["dim"] == 192 and pf["tokens"] == 65
             for other, what in (("vit", f"serial ViT-{layers}"), ("pf-reference", "reference loop"),
@@ -155,15 +168,25 @@ def check_targets(results: dict, layers: int = 12) -> list[dict]:
                      "low": pf["flops"] / pf["p75_ms"] / 1e6 / pf["peak_gflops"],
                      "high": pf["flops"] / pf["p25_ms"] / 1e6 / pf["peak_gflops"]},
                     ">=", 0.70, match)
-        pf, vit = (find(recs, implementation=i, batch=64, layers=layers) for i in ("pf-batched", "vit"))
-        if pf is not None and vit is not None:
-            add(f"CPU batch 64: latency pf-1-{layers} batched / serial ViT-{layers}",
-                _ratio(pf, vit), "<=", 1.05, pf["dim"] == 192 and pf["tokens"] == 65)
+        if D is not None:
+            pf, vit = (find(recs, implementation=i, batch=64, layers=layers, dim=D)
+                       for i in ("pf-batched", "vit"))
+            if pf is not None and vit is not None:
+                add(f"CPU batch 64: latency pf-1-{layers} batched / serial ViT-{layers}",
+                    _ratio(pf, vit), "<=", 1.05, pf["dim"] == 192 and pf["tokens"] == 65)
+        # the overhead regime (D = 32, T = 17): adding parallel layers costs little
+        small = 32 if 32 in dims else dims[0] if len(dims) == 1 else None
+        deep, one = (find(recs, implementation="pf-batched", batch=1, layers=L, dim=small)
+                     for L in (24, 1))
+        if small is not None and deep is not None and one is not None:
+            add("CPU batch 1: latency pf-1-24 batched / pf-1-1", _ratio(deep, one), "<=", 1.5,
+                deep["dim"] == 32 and deep["tokens"] == 17)
     elif env["device"] == "cuda":
-        for variant in sorted({r["variant"] for r in recs}):
+        D = 384 if 384 in dims else dims[0] if len(dims) == 1 else None
+        for variant in sorted({r["variant"] for r in recs}) if D is not None else ():
             for impl, op, thr in (("pf-batched", "<=", 1.3), ("vit", ">=", 10.0)):
-                deep = find(recs, implementation=impl, batch=1, layers=24, variant=variant)
-                one = find(recs, implementation=impl, batch=1, layers=1, variant=variant)
+                deep = find(recs, implementation=impl, batch=1, layers=24, variant=variant, dim=D)
+                one = find(recs, implementation=impl, batch=1, layers=1, variant=variant, dim=D)
                 if deep is not None and one is not None:
                     add(f"GPU batch 1 ({variant}): latency {impl} L=24 / L=1",
                         _ratio(deep, one), op, thr, deep["dim"] == 384)
@@ -189,7 +212,7 @@ CSV_FIELDS = ("implementation", "variant", "label", "layers", "batch", "model", 
               "device_name", "torch", "threads", "date", "flops", "layer_flops", "warmup",
               "reps", "median_ms", "mean_ms", "min_ms", "p10_ms", "p25_ms", "p75_ms", "p90_ms",
               "iqr_ms", "rel_iqr", "achieved_gflops", "peak_gflops", "flop_bound_ms",
-              "peak_fraction")
+              "peak_fraction", "ops", "overhead_ms", "predicted_ms", "bound_by")
 
 
 def records_csv(records: list[dict]) -> str:
@@ -203,7 +226,8 @@ def records_csv(records: list[dict]) -> str:
 
 
 def save_results(results: dict, folder: str | Path, overwrite: bool = False) -> list[Path]:
-    """Write results.json, results.csv and latency_vs_layers.png into `folder` (atomically).
+    """Write results.json, results.csv and latency_vs_layers.png into `folder` (atomically);
+    for a regime sweep also REGIME_FILES.
 
     A folder that already holds files (an earlier run's) is refused with FileExistsError
     unless `overwrite` is True.
@@ -216,6 +240,11 @@ def save_results(results: dict, folder: str | Path, overwrite: bool = False) -> 
              atomic_write_text(folder / "results.csv", records_csv(results["records"]))]
     paths.append(write_figure(plot_results(results), folder / "latency_vs_layers.png",
                               dpi=120, bbox_inches="tight"))
+    if regime.is_regime(results):
+        paths.append(write_figure(regime.plot_regime(results), folder / "regime_map.png",
+                                  dpi=110, bbox_inches="tight"))
+        paths.append(write_figure(regime.plot_model(results), folder / "regime_model.png",
+                                  dpi=110, bbox_inches="tight"))
     return paths
 
 
@@ -267,10 +296,12 @@ def is_quick(results: dict, folder: str | Path | None = None) -> bool:
 
 
 def latest_run(root: str | Path | None = None, device: str = "cpu",
-               include_quick: bool = False) -> Path | None:
+               include_quick: bool = False, preset: str | None = None) -> Path | None:
     """The newest saved run (by its recorded date) on a `device` type ('cpu', 'cuda', 'mps')
-    under `root` (default: run_roots(), the committed runs and yours), quick runs left out
-    unless `include_quick`; None if there is none."""
+    under `root` (default: run_roots(), the committed runs and yours); None if there is none.
+
+    preset None: a latency-against-depth run (quick runs left out unless `include_quick`;
+    regime sweeps left out). preset "regime" (or any preset's name): the newest run of it."""
     best = None
     for folder in list_runs(root):
         try:
@@ -279,7 +310,10 @@ def latest_run(root: str | Path | None = None, device: str = "cpu",
             continue
         if res["environment"].get("device") != device:
             continue
-        if is_quick(res, folder) and not include_quick:
+        if preset is not None:
+            if res.get("preset") != preset:
+                continue
+        elif regime.is_regime(res) or (is_quick(res, folder) and not include_quick):
             continue
         key = (res["environment"].get("date", ""), folder.name)
         if best is None or key > best[0]:
@@ -289,13 +323,19 @@ def latest_run(root: str | Path | None = None, device: str = "cpu",
 
 # ----------------------------------------------------------------------------- plot
 
-def plot_results(results: dict, axes=None, log: bool = False):
+def plot_results(results: dict, axes=None, log: bool = False, dim: int | None = None):
     """Latency against L per implementation with the FLOP-bound line (top row), and the
-    achieved fraction of the matmul peak (bottom row); one column per batch size.
+    achieved fraction of the matmul peak (bottom row); one column per batch size. A run of
+    several token widths (a regime sweep) is drawn at one, `dim` (default: the smallest).
 
     Linear axes by default: the question is "flat or linear in L", which a log axis hides;
     `log=True` gives a log latency axis (for runs whose latencies span decades)."""
     recs, env = results["records"], results["environment"]
+    dims = sorted({r.get("dim") for r in recs})
+    dim = dims[0] if dim is None else dim
+    if dim not in dims:
+        raise ValueError(f"this run has no token width D={dim}; it has {', '.join(map(str, dims))}")
+    recs = [r for r in recs if r.get("dim") == dim]
     batches = sorted({r["batch"] for r in recs})
     if axes is None:
         fig, axes = plt.subplots(2, len(batches), figsize=(5.2 * len(batches), 7.5),
@@ -336,7 +376,7 @@ def plot_results(results: dict, axes=None, log: bool = False):
         bottom.set_ylim(bottom=0)
     peak = results.get("peak")
     fig.suptitle(f"{env['device_name']} · {env['dtype']} · {env['threads']} thread(s) · "
-                 f"torch {env['torch']}" + (f" · peak {peak['gflops']:.0f} GFLOP/s" if peak else ""),
-                 fontsize=10)
+                 f"torch {env['torch']}" + (f" · peak {peak['gflops']:.0f} GFLOP/s" if peak else "")
+                 + (f" · D = {dim}" if len(dims) > 1 else ""), fontsize=10)
     fig.tight_layout()
     return fig
