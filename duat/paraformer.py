@@ -258,7 +258,8 @@ class ParallelStage(nn.Module):
         B, T, D = x.shape
         n = self.width
         chunk = self.branch_chunk(B * T, x.device)
-        xn = F.layer_norm(x, (D,), eps=self.norm_eps).reshape(1, B * T, D)   # shared by all branches
+        xn = (F.layer_norm(x, (D,), eps=self.norm_eps).reshape(1, B * T, D)  # shared by all branches
+              if chunk > 1 else None)                                       # (one branch: its own)
         f = None
         for start in range(0, n, chunk):          # one pass when the whole stage fits the budget
             part = self._branches(x, xn, slice(start, min(start + chunk, n)))  # (BT, D)
@@ -275,7 +276,7 @@ class ParallelStage(nn.Module):
         B, T, D = x.shape
         n = self.width
         chunk = self.branch_chunk(B * T, x.device)
-        xn = F.layer_norm(x, (D,), eps=self.norm_eps).reshape(1, B * T, D)
+        xn = F.layer_norm(x, (D,), eps=self.norm_eps).reshape(1, B * T, D) if chunk > 1 else None
         parts = [self._branches(x, xn, slice(start, min(start + chunk, n)), keep_branches=True)
                  for start in range(0, n, chunk)]
         return torch.cat(parts).view(n, B, T, D)
@@ -287,11 +288,13 @@ class ParallelStage(nn.Module):
         B, T, D = x.shape
         n, h, hd = sl.stop - sl.start, self.heads, self.head_dim
         drop = self.dropout if self.training else 0.0
-        W = {name: (None if getattr(self, name) is None else getattr(self, name)[sl])
-             for name, _ in _STACKED}
         if n == 1:  # a single branch: plain fused kernels (F.linear, affine layer_norm)
-            f = self._one_branch(x, {k: (None if v is None else v[0]) for k, v in W.items()})
+            f = self._one_branch(x, {name: (None if getattr(self, name) is None
+                                            else getattr(self, name)[sl.start]) for name, _ in _STACKED})
             return f[None] if keep_branches else f
+        whole = n == self.width  # no slicing when one chunk holds every branch
+        W = {name: (None if getattr(self, name) is None else
+                    getattr(self, name) if whole else getattr(self, name)[sl]) for name, _ in _STACKED}
 
         # attention: the shared normalised input, each branch's own affine and weights
         h1 = torch.addcmul(W["norm1_bias"][:, None], xn, W["norm1_weight"][:, None])  # (n, BT, D)
@@ -305,7 +308,8 @@ class ParallelStage(nn.Module):
         o = F.scaled_dot_product_attention(q, k, v, dropout_p=p)                     # (nB, h, T, hd)
         o = o.transpose(1, 2).reshape(n, B * T, D)                                   # (n, BT, D)
         a = torch.baddbmm(W["proj_bias"][:, None], o, W["proj_weight"].transpose(1, 2))
-        a = F.dropout(a, drop, self.training)                                        # a_i: (n, BT, D)
+        if drop:
+            a = F.dropout(a, drop, True)                                             # a_i: (n, BT, D)
 
         # MLP on each branch's own x + a_i
         x1 = x.reshape(1, B * T, D) + a                                              # (n, BT, D)
@@ -313,7 +317,8 @@ class ParallelStage(nn.Module):
         h2 = torch.addcmul(W["norm2_bias"][:, None], h2, W["norm2_weight"][:, None])
         u = F.gelu(torch.baddbmm(W["fc1_bias"][:, None], h2, W["fc1_weight"].transpose(1, 2)))
         m = torch.baddbmm(W["fc2_bias"][:, None], u, W["fc2_weight"].transpose(1, 2))
-        m = F.dropout(m, drop, self.training)                                        # (n, BT, D)
+        if drop:
+            m = F.dropout(m, drop, True)                                             # (n, BT, D)
         return (a + m) if keep_branches else (a + m).sum(0)                          # (BT, D)
 
     def _one_branch(self, x: torch.Tensor, W: dict) -> torch.Tensor:
@@ -327,10 +332,14 @@ class ParallelStage(nn.Module):
         q, k, v = qkv.view(B, T, 3, h, hd).permute(2, 0, 3, 1, 4).unbind(0)          # (B, h, T, hd)
         p = self.attn_dropout if self.training else 0.0
         o = F.scaled_dot_product_attention(q, k, v, dropout_p=p).transpose(1, 2).reshape(B * T, D)
-        a = F.dropout(F.linear(o, W["proj_weight"], W["proj_bias"]), drop, self.training)
+        a = F.linear(o, W["proj_weight"], W["proj_bias"])
+        if drop:  # no dropout call at all in eval, or with p = 0: each call costs a dispatch
+            a = F.dropout(a, drop, True)
         h2 = F.layer_norm(x + a, (D,), W["norm2_weight"], W["norm2_bias"], self.norm_eps)
         u = F.gelu(F.linear(h2, W["fc1_weight"], W["fc1_bias"]))
-        m = F.dropout(F.linear(u, W["fc2_weight"], W["fc2_bias"]), drop, self.training)
+        m = F.linear(u, W["fc2_weight"], W["fc2_bias"])
+        if drop:
+            m = F.dropout(m, drop, True)
         return a + m                                                                 # (BT, D)
 
 

@@ -355,6 +355,7 @@ def _device_check(device):
             assert torch.allclose(low.float().cpu(), expected, atol=0.1, rtol=0.1)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda():
     prev = torch.backends.cuda.matmul.allow_tf32
@@ -392,3 +393,60 @@ def test_diagram_draws_one_box_per_layer():
         draw_paraformer(2, 0)
     with pytest.raises(ValueError, match="placement must be 2 rows of 2"):
         draw_paraformer(2, 2, placement=[[0, 1]])
+
+
+# ----------------------------------------------------------------------------- batched = reference, in every mode
+
+def _stage_pair(n, qkv_bias=True, seed=0, dim=16, heads=2, dtype=torch.float32):
+    torch.manual_seed(seed)
+    ref = ReferenceStage([Block(dim, heads, 2.0, qkv_bias=qkv_bias) for _ in range(n)])
+    for p in ref.parameters():  # every tensor drawn afresh: norm affines far from (1, 0)
+        with torch.no_grad():
+            p.copy_(torch.randn_like(p) * 0.3 + (1.0 if p.dim() == 1 and p.shape[0] == dim else 0.0))
+    ref = ref.to(dtype)
+    return ref, ParallelStage.from_reference(ref)
+
+
+def _close(a, b, tol=TOL):
+    scale = max(1.0, b.abs().max().item())
+    assert (a - b).abs().max().item() <= tol * scale
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+@pytest.mark.parametrize("qkv_bias", [True, False])
+@pytest.mark.parametrize("budget", [None, 1, 14])   # 7 rows per branch: all, 1 and 2 per chunk
+@pytest.mark.parametrize("mode", ["inference", "no_grad", "grad"])
+def test_fast_path_forward_equals_reference(n, qkv_bias, budget, mode):
+    ref, par = _stage_pair(n, qkv_bias, seed=n)
+    par.cpu_row_budget = budget
+    ref.eval(), par.eval()
+    x = torch.randn(2, 7, 16)
+    ctx = {"inference": torch.inference_mode, "no_grad": torch.no_grad,
+           "grad": torch.enable_grad}[mode]
+    with ctx():
+        y_p, y_r = par(x), ref(x)
+        _close(y_p, y_r)
+        _close(par(x), y_r)           # and again: nothing carried over from the first call
+        _close(par.branch_updates(x), ref.branch_updates(x))
+        if budget is None:
+            assert torch.equal(x + par.branch_updates(x).sum(0), par(x))
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+@pytest.mark.parametrize("budget", [None, 14])
+def test_fast_path_gradients_equal_reference(n, budget):
+    ref, par = _stage_pair(n, seed=10 + n)
+    par.cpu_row_budget = budget
+    ref.train(), par.train()            # dropout 0: training runs the same arithmetic
+    x = torch.randn(3, 7, 16)
+    x_p, x_r = x.clone().requires_grad_(), x.clone().requires_grad_()
+    target = torch.randn_like(x)
+    ((par(x_p) - target) ** 2).sum().backward()
+    ((ref(x_r) - target) ** 2).sum().backward()
+    _close(x_p.grad, x_r.grad)
+    from duat.paraformer import _STACKED
+    for name, path in _STACKED:
+        for i, block in enumerate(ref.blocks):
+            _close(getattr(par, name).grad[i], block.get_parameter(path).grad)
+
+

@@ -14,6 +14,27 @@ SMALL = dict(dim=32, heads=2, image_size=8, in_channels=1, patch_size=2, reps=3,
              seconds_per_model=0.2)
 
 
+FAKE_US_PER_OP = 10.0   # the per-op overhead the explorer tests see (fake_overhead)
+
+
+@pytest.fixture(autouse=True)
+def fake_overhead(monkeypatch):
+    """harness.op_overhead, replaced by a fixed reading (10 us per op), so that the explorer
+    tests stay fast and deterministic; `.calls` lists each (device, dtype, reps) asked for.
+    test_overhead_is_measured_once_per_device runs the real one."""
+    import duat.bench.harness as harness
+
+    fake = types.SimpleNamespace(calls=[], real=harness.op_overhead)
+
+    def op_overhead(device="cpu", dtype="float32", reps=50):
+        fake.calls.append((str(device), dtype, reps))
+        return dict(us_per_op=FAKE_US_PER_OP, us_p25=0.9 * FAKE_US_PER_OP, us_p75=1.1 * FAKE_US_PER_OP,
+                    ops=283, calls=reps, probe="fake")
+
+    monkeypatch.setattr(harness, "op_overhead", op_overhead)
+    return fake
+
+
 @pytest.fixture
 def explorer():
     return DepthWidthExplorer(depth=1, width=2, **SMALL)
@@ -234,7 +255,7 @@ def test_each_model_is_warmed_up_before_its_timed_calls(fake_timer, monkeypatch)
     assert [r["model"] for r in explorer.results] == ["pf-1-2", "vit-2"]
     for r in explorer.results:
         assert r["warmup"] == ex.WARMUP_CALLS and r["reps"] == 3
-        assert forward_calls[r["model"]] == r["warmup"] + r["reps"]
+        assert forward_calls[r["model"]] == r["warmup"] + r["reps"] + 1   # + 1: the op count's pass
         # the timed samples are the calls after the warm-up ones, in order
         assert r["samples_ms"] == pytest.approx([k + 1 for k in range(r["warmup"], r["warmup"] + r["reps"])])
 
@@ -312,3 +333,126 @@ def test_paused_without_a_run_is_a_no_op(trainer):
     with trainer.paused() as ok:
         assert ok and not trainer.running
     assert trainer.run(120) == "finished"               # a later run is not held
+
+
+# ---------------------------------------------------------------- the overhead floor
+
+def _count(name, batch, passes=2, **kw):
+    """count_ops of the n-th forward pass (default: the second) of a fresh model `name`."""
+    import torch
+
+    import duat.bench.harness as harness
+    from duat.registry import create_model
+
+    kw = dict(dict(dim=32, heads=2, image_size=8, in_channels=1, patch_size=2), **kw)
+    torch.manual_seed(0)
+    model = create_model(name, **kw).eval()
+    x = torch.zeros(batch, kw["in_channels"], kw["image_size"], kw["image_size"])
+    counts = [harness.count_ops(lambda: model(x)) for _ in range(passes)]
+    return counts[-1]
+
+
+def test_records_carry_ops_and_the_overhead_model(explorer, fake_timer):
+    explorer.batch.value = 4
+    new = explorer.measure()
+    assert [r["model"] for r in new] == ["pf-1-2", "vit-2"]
+    for r in new:
+        assert r["ops"] == _count(r["model"], 4)               # a warm model's count at its batch
+        assert r["us_per_op"] == FAKE_US_PER_OP
+        assert r["overhead_ms"] == pytest.approx(r["ops"] * FAKE_US_PER_OP / 1e3)
+        assert r["predicted_ms"] == pytest.approx(max(r["overhead_ms"], r["bound_ms"]))
+        assert r["bound_by"] == ("overhead" if r["overhead_ms"] >= r["bound_ms"] else "flops")
+    assert "overhead floor ms" in explorer.table_html.value and "aten ops" in explorer.table_html.value
+    assert f"{new[1]['overhead_ms']:.3g}" in explorer.table_html.value
+    assert "Bound by: Para-Former-1-2 overhead" in explorer.message   # tiny models: overhead-bound
+
+
+def test_overhead_floors_flat_in_n_for_para_former_linear_in_L_for_vit(explorer, fake_timer):
+    for n in (2, 4, 8):
+        explorer.width.value = n
+        explorer.measure()
+    data = explorer.plot_data()
+    par, ser = dict(data["floor_parallel"]), dict(data["floor_serial"])
+    assert sorted(par) == [2, 4, 8] and sorted(ser) == list(range(1, 9))
+    # Para-Former-1-n: one batched stage, whatever n: its floor hardly moves from n = 2 to 8
+    assert max(par.values()) / min(par.values()) < 1.1
+    # ViT-L: L layers one after another: the floor grows by the same step per layer ...
+    steps = [ser[L + 1] - ser[L] for L in range(1, 8)]
+    assert min(steps) > 0 and max(steps) == pytest.approx(min(steps))
+    assert ser[8] / ser[2] > 3                                  # ... so 4x the layers: over 3x the floor
+    assert ser[8] > 3 * par[8]
+    # the lines are the records' own counts: the serial fit hits every measured ViT exactly
+    for r in explorer.results:
+        line = ser if r["model"].startswith("vit") else par
+        assert line[r["layers"]] == pytest.approx(r["overhead_ms"])
+    # and they are drawn, dotted, next to the FLOP bound
+    assert data["bound"] and explorer.plot.value
+    explorer.clear()
+    assert explorer.plot_data()["floor_serial"] == explorer.plot_data()["floor_parallel"] == []
+
+
+def test_op_counts_do_not_depend_on_the_batch():
+    """The serial floor is counted at batch 1 (ViT-1, ViT-2) and extrapolated in L: right only
+    if a ViT's count is the same at every batch and linear in L."""
+    for name in ("vit-1", "vit-2", "vit-5"):
+        assert len({_count(name, b, passes=p) for b in (1, 3, 16) for p in (1, 2)}) == 1, name
+    one, two = _count("vit-1", 1), _count("vit-2", 1)
+    assert _count("vit-7", 8) == one + 6 * (two - one)
+    # Para-Former at batches whose rows fit one batched call (ParallelStage.cpu_row_budget):
+    # the same count; the explorer counts each measured model at its own batch anyway
+    assert len({_count("pf-1-4", b) for b in (1, 2, 5)}) == 1
+    assert len({_count("pf-2-3", b) for b in (1, 4)}) == 1
+
+
+def test_overhead_is_measured_once_per_device(fake_overhead, fake_timer, monkeypatch):
+    import duat.bench.harness as harness
+    import duat.widgets.explorer as ex
+
+    calls = []
+
+    def op_overhead(*args, **kwargs):   # the real one, watched
+        calls.append((args, kwargs))
+        return fake_overhead.real(*args, **kwargs)
+
+    monkeypatch.setattr(harness, "op_overhead", op_overhead)
+    explorer = DepthWidthExplorer(depth=1, width=2, **SMALL)
+    explorer.measure()
+    explorer.width.value = 3
+    explorer.measure()
+    assert calls == [(("cpu", "float32"), {"reps": ex.OVERHEAD_REPS})]   # measured once, cached
+    probe = explorer.op_overhead("cpu")
+    assert probe["calls"] == ex.OVERHEAD_REPS
+    assert probe["us_per_op"] == pytest.approx(1e3 / probe["ops"])      # 1 ms a call (fake_timer)
+    assert all(r["us_per_op"] == probe["us_per_op"] for r in explorer.results)
+
+
+def test_a_noisy_overhead_reading_is_measured_again(fake_overhead, fake_timer, monkeypatch):
+    import duat.bench.harness as harness
+    import duat.widgets.explorer as ex
+
+    readings = [(30.0, 10.0, 40.0), (20.0, 10.0, 35.0), (50.0, 49.0, 51.0), (1.0, 1.0, 1.0)]
+    calls = []
+
+    def op_overhead(device="cpu", dtype="float32", reps=50):
+        median, p25, p75 = readings[len(calls)]
+        calls.append(device)
+        return dict(us_per_op=median, us_p25=p25, us_p75=p75, ops=283, calls=reps, probe="fake")
+
+    monkeypatch.setattr(harness, "op_overhead", op_overhead)
+    explorer = DepthWidthExplorer(depth=1, width=2, **SMALL)
+    explorer.measure()                      # noisy (p75/p25 = 4): used, flagged
+    assert explorer.results[-1]["us_per_op"] == 30.0 and "measured again at the next" in explorer.message
+    explorer.measure()                      # noisy again, but lower: kept
+    assert explorer.results[-1]["us_per_op"] == 20.0
+    explorer.measure()                      # tight but slower (steady contention): not kept
+    assert explorer.results[-1]["us_per_op"] == 20.0 and "the lowest is kept" in explorer.message
+    explorer.measure()                      # OVERHEAD_TRIES readings taken: no more
+    assert explorer.results[-1]["us_per_op"] == 20.0
+    assert len(calls) == ex.OVERHEAD_TRIES == 3
+
+
+def test_a_clean_overhead_reading_is_not_measured_again(fake_overhead, fake_timer):
+    explorer = DepthWidthExplorer(depth=1, width=2, **SMALL)
+    explorer.measure()
+    explorer.measure()
+    assert len(fake_overhead.calls) == 1 and "overhead reading" not in explorer.message

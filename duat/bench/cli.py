@@ -46,7 +46,7 @@ PRESETS: dict[str, dict] = {
     "regime": dict(dims=(32, 64, 128, 192, 384), layers=(1, 2, 4, 8, 16, 24),
                    batches=(1, 8, 64), implementations=("vit", "pf-batched"), image_size=16,
                    patch_size=4, reps=40, min_reps=3, warmup=3, rounds=2,
-                   max_case_seconds=0.6, peak_sizes=(1024,)),
+                   max_case_seconds=0.6),
 }
 
 

@@ -1,5 +1,9 @@
 """The depth/width explorer: time Para-Former-m-n against the serial ViT-(m*n) of the same
-FLOPs on this device, and place both on a latency-vs-layers plot with the FLOP bound.
+FLOPs on this device, and place both on a latency-vs-layers plot with the two floors of
+the kit's latency model t ~ max(ops x overhead, FLOPs / peak) (notebook 05): the FLOP bound
+FLOPs / peak, and the overhead floor ops x overhead, where ops is the number of aten
+operations one forward pass dispatches (harness.count_ops) and overhead the measured fixed
+cost of one operation on the device (harness.op_overhead).
 
 The maths is docs/method.md section 4: both models have m*n encoder layers and the same FLOPs;
 the serial one must run them one after another, Para-Former runs each stage's n layers
@@ -12,6 +16,16 @@ kernel meanwhile, and a busy machine. Measure therefore holds every live trainin
 this process between two batches while it times (duat.widgets.trainer.running_trainers),
 and flags a reading as too noisy when its spread is wide or it is far slower than earlier
 readings of the same model (SPREAD_LIMIT, SLOWDOWN_LIMIT); the record is kept, marked.
+
+Op counts are of a warm model: the measured models are counted on one more pass after
+their timed calls (a first pass can do one-off work: ParallelStage folds its LayerNorm
+affines into its weights once and caches them). The serial ViT-L's overhead floor grows
+with L: its op count is `a + b L` (b a layer's ops, a the embedding, norm and head),
+counted once per setting from ViT-1 and ViT-2 at batch 1 (a ViT's count does not depend on
+the batch). Para-Former-m-n's floor is its own op count at the measured batch, which grows
+with m and hardly with n (one batched computation per stage; on a CPU a stage whose rows
+exceed ParallelStage.cpu_row_budget is cut into chunks, so there the count also grows
+with the batch).
 """
 from __future__ import annotations
 
@@ -39,7 +53,9 @@ DEVICES = ["cpu", "cuda", "mps"]
 TABLE_COLUMNS = [("label", "model"), ("layers", "layers m·n"), ("params", "parameters"),
                  ("gflops", "GFLOP / pass"), ("median_ms", "latency ms (median)"),
                  ("p25_ms", "p25"), ("p75_ms", "p75"), ("bound_ms", "FLOP bound ms"),
-                 ("device", "device"), ("batch", "batch"), ("noisy", "too noisy: why")]
+                 ("ops", "aten ops / pass"), ("overhead_ms", "overhead floor ms"),
+                 ("bound_by", "bound by"), ("device", "device"), ("batch", "batch"),
+                 ("noisy", "too noisy: why")]
 SETTING = ("dim", "heads", "batch", "device")   # with the model, what makes two readings comparable
 
 # When a reading is flagged "too noisy, measure again" (it is kept, with the reason):
@@ -56,6 +72,10 @@ SLOWDOWN_LIMIT = 2.0
 # kernels); fewer when they take over a third of seconds_per_model (the harness's budget).
 WARMUP_CALLS = 5
 ROUNDS = 3         # the timed calls are split into rounds that alternate the two models
+# Timed calls of the per-op overhead probe (harness.op_overhead; 5 untimed ones first). The
+# probe's call is a few ms on a CPU, so the whole measurement takes well under a second.
+OVERHEAD_REPS = 20
+OVERHEAD_TRIES = 3  # readings of it at most, while they are too noisy (op_overhead)
 
 
 def noise_reason(stats: dict, earlier_medians: list[float]) -> str | None:
@@ -88,6 +108,8 @@ class DepthWidthExplorer:
         self.reps, self.seconds_per_model = reps, seconds_per_model
         self.results: list[dict] = []
         self._peaks: dict[str, float] = {}
+        self._overheads: dict[str, dict] = {}          # device -> harness.op_overhead(...)
+        self._serial_ops: dict[tuple, tuple[int, int]] = {}  # (dim, heads, device) -> (a, b)
         style = {"description_width": "90px"}
         slider = dict(continuous_update=False, style=style, layout=w.Layout(width="330px"))
         self.depth = w.IntSlider(value=depth, min=1, max=6, description="depth m", **slider)
@@ -191,6 +213,42 @@ class DepthWidthExplorer:
             self._peaks[device] = harness.matmul_peak(device, "float32", sizes=sizes, reps=5)["gflops"]
         return self._peaks[device]
 
+    def op_overhead(self, device: str) -> dict:
+        """The device's fixed cost of one operation (harness.op_overhead), measured once per
+        device and cached; `us_per_op` is the median, in microseconds. A reading too noisy to
+        trust (`noisy`: its p75/p25 above SPREAD_LIMIT, something else had the processor) is
+        measured again at the next call, OVERHEAD_TRIES readings at most, and the one with
+        the lowest median is kept (contention only ever makes the probe slower)."""
+        old = self._overheads.get(device)
+        if old is None or (old["noisy"] and old["tries"] < OVERHEAD_TRIES):
+            new = dict(harness.op_overhead(device, "float32", reps=OVERHEAD_REPS))
+            new["noisy"] = new["us_p25"] > 0 and new["us_p75"] / new["us_p25"] > SPREAD_LIMIT
+            new["tries"] = 1 if old is None else old["tries"] + 1
+            if old is not None and old["us_per_op"] <= new["us_per_op"]:
+                new = dict(old, tries=new["tries"])
+            self._overheads[device] = new
+        return self._overheads[device]
+
+    def serial_ops(self, dim: int, heads: int, device: str) -> tuple[int, int]:
+        """(a, b): a serial ViT-L of this width dispatches a + b*L aten ops per forward pass.
+        Counted once per (dim, heads, device) on ViT-1 and ViT-2 at batch 1 (cached)."""
+        key = (dim, heads, device)
+        if key not in self._serial_ops:
+            counts = [self._count(f"vit-{L}", 1, dim, heads, device) for L in (1, 2)]
+            self._serial_ops[key] = (2 * counts[0] - counts[1], counts[1] - counts[0])
+        return self._serial_ops[key]
+
+    def _count(self, name: str, batch: int, dim: int, heads: int, device: str) -> int:
+        """The aten ops one forward pass of model `name` dispatches (a pass at `batch`)."""
+        torch.manual_seed(0)
+        config = model_config(name, dim=dim, heads=heads, **self.image)
+        model = ParaFormer(config).eval().to(device)
+        x = torch.zeros(batch, self.image["in_channels"], self.image["image_size"],
+                        self.image["image_size"], device=device)
+        with torch.inference_mode():
+            model(x)  # a first pass may do one-off work (ParallelStage folds its weights once)
+        return harness.count_ops(lambda: model(x))
+
     def measure(self) -> list[dict] | None:
         """Time Para-Former-m-n and serial ViT-(m*n); returns the two new records, or None
         (with a message on the dashboard) when the choice cannot be measured now.
@@ -221,6 +279,13 @@ class DepthWidthExplorer:
         text = (f"{pf['label']}: {pf['median_ms']:.3g} ms, {vit['label']}: {vit['median_ms']:.3g} ms "
                 f"(serial / parallel = {vit['median_ms'] / pf['median_ms']:.2f}x) on {pf['device']}, "
                 f"batch {pf['batch']}")
+        text += ". Bound by: " + ", ".join(
+            f"{r['label']} {_bound_text(r)}" for r in new)
+        overhead = self._overheads[pf["device"]]
+        if overhead["noisy"]:
+            text += (" (the per-op overhead reading was noisy" +
+                     (": it is measured again at the next Measure)" if overhead["tries"] < OVERHEAD_TRIES
+                      else f", {OVERHEAD_TRIES} times: the lowest is kept)"))
         noisy = [f"{r['label']}: {r['noisy']}" for r in new if r["noisy"]]
         if noisy:
             text += f". <b style='color:#b00'>Too noisy, measure again</b> ({'; '.join(noisy)})"
@@ -240,6 +305,8 @@ class DepthWidthExplorer:
         self.measure_button.disabled = True
         try:
             peak = self.peak_gflops(s["device"])
+            us_per_op = self.op_overhead(s["device"])["us_per_op"]
+            self.serial_ops(s["dim"], s["heads"], s["device"])   # for the serial floor line
             torch.manual_seed(0)
             x = torch.randn(s["batch"], self.image["in_channels"], self.image["image_size"],
                             self.image["image_size"], device=device)
@@ -250,6 +317,8 @@ class DepthWidthExplorer:
                 cases.append(harness.Case(name, "eager", model.config.layers, s["batch"], model,
                                           harness.make_callable(model, x, "eager")))
             harness.time_cases(cases, spec, device, say=lambda _: None)
+            for case in cases:  # one more, untimed pass each, counted: a warm model at this batch
+                case.ops = harness.count_ops(case.fn)
         except Exception as err:  # shown on the dashboard, never raised into the page
             self._say(f"<b style='color:#b00'>measurement failed: {type(err).__name__}: {html.escape(str(err))}</b>")
             return None
@@ -260,14 +329,18 @@ class DepthWidthExplorer:
             c, stats = case.model.config, harness.summarize(case.seconds)
             fl = flops(c, s["batch"])
             earlier = [r["median_ms"] for r in self._readings(case.implementation)]
+            bound_ms = fl / (peak * 1e9) * 1e3
+            lat = harness.add_overhead_model(dict(ops=case.ops, flop_bound_ms=bound_ms), us_per_op)
             new.append(dict(model=case.implementation, label=_label(case.implementation),
                             layers=c.layers, depth=c.depth, width=c.width,
                             params=count_parameters(case.model), gflops=fl / 1e9,
                             warmup=case.warmup, reps=len(case.seconds),
                             median_ms=stats["median_ms"], p25_ms=stats["p25_ms"],
                             p75_ms=stats["p75_ms"], samples_ms=[t * 1e3 for t in case.seconds],
-                            noisy=noise_reason(stats, earlier), bound_ms=fl / (peak * 1e9) * 1e3,
-                            peak_gflops=peak, **{k: s[k] for k in SETTING},
+                            noisy=noise_reason(stats, earlier), bound_ms=bound_ms,
+                            peak_gflops=peak, ops=case.ops, us_per_op=us_per_op,
+                            overhead_ms=lat["overhead_ms"], predicted_ms=lat["predicted_ms"],
+                            bound_by=lat["bound_by"], **{k: s[k] for k in SETTING},
                             time=time.strftime("%H:%M:%S")))
         return new
 
@@ -278,8 +351,10 @@ class DepthWidthExplorer:
     # ------------------------------------------------------------------ plot
     def plot_data(self) -> dict:
         """Series for the current (dim, heads, batch, device): layers -> median ms for the
-        parallel and the serial models (noisy readings included, with their reason), and
-        the FLOP-bound line flops / peak."""
+        parallel and the serial models (noisy readings included, with their reason), the
+        FLOP-bound line flops / peak, and the overhead floors ops x overhead (ms): of the
+        serial ViT-L for every L up to the largest measured ("floor_serial"), and of each
+        measured Para-Former ("floor_parallel", its own op count; sorted by layers)."""
         s = self.state
         same = self._readings()
 
@@ -295,6 +370,17 @@ class DepthWidthExplorer:
                 c = self._config(f"vit-{L}")
                 bound.append((L, flops(c, s["batch"]) / (self._peaks[s["device"]] * 1e9) * 1e3))
         series["bound"] = bound
+        floor_serial, floor_parallel = [], []
+        overhead = self._overheads.get(s["device"])
+        key = (s["dim"], s["heads"], s["device"])
+        if same and overhead and self.problem() is None:
+            us, top = overhead["us_per_op"], max(r["layers"] for r in same)
+            if key in self._serial_ops:
+                a, b = self._serial_ops[key]
+                floor_serial = [(L, (a + b * L) * us / 1e3) for L in range(1, top + 1)]
+            pf = {r["model"]: r for r in same if r["model"].startswith("pf") and r.get("ops")}
+            floor_parallel = sorted((r["layers"], r["ops"] * us / 1e3) for r in pf.values())
+        series["floor_serial"], series["floor_parallel"] = floor_serial, floor_parallel
         return series
 
     def refresh(self) -> None:
@@ -315,6 +401,12 @@ class DepthWidthExplorer:
         if data["bound"]:
             L, ms = zip(*data["bound"])
             ax.plot(L, ms, "k--", lw=1, label="FLOP bound (FLOPs / matmul peak)")
+        for key, color, text in (("floor_serial", "tab:red", "ViT"),
+                                 ("floor_parallel", "tab:blue", "Para-Former")):
+            if data[key]:
+                L, ms = zip(*data[key])
+                ax.plot(L, ms, ":", color=color, lw=1.5, marker="." if key == "floor_parallel" else None,
+                        label=f"overhead floor (ops × overhead), {text}")
         s = self.state
         ax.set(xlabel="encoder layers m·n", ylabel="latency per forward pass (ms)",
                title=f"D={s['dim']}, heads={s['heads']}, batch={s['batch']}, {s['device']}")
@@ -334,6 +426,16 @@ def _label(name: str) -> str:
         return f"ViT-{name[4:]} (serial)"
     m, n = name[3:].split("-")
     return f"Para-Former-{m}-{n}"
+
+
+def _bound_text(record: dict) -> str:
+    """Which term of t ~ max(ops x overhead, FLOPs / peak) is the larger for a record."""
+    if record.get("bound_by") is None:
+        return "(no op count)"
+    ov, fl = record["overhead_ms"], record["bound_ms"]
+    if record["bound_by"] == "overhead":
+        return f"overhead (floor {ov:.3g} ms &ge; FLOP bound {fl:.3g} ms)"
+    return f"FLOPs (FLOP bound {fl:.3g} ms &gt; floor {ov:.3g} ms)"
 
 
 def _params(config) -> int:
