@@ -190,11 +190,12 @@ def plot_regime(results: dict, variant: str = "eager"):
                 for j in range(values.shape[1]):
                     if np.isfinite(values[i, j]):
                         ax.text(j, i, f"{values[i, j]:.2g}", ha="center", va="center", fontsize=7)
-            ys = [i for i, b in enumerate(line) if b is not None]
-            if ys:  # the boundary: to its left the overhead floor dominates
-                ax.plot([line[i] for i in ys], ys, color="white", lw=2.5)
-                ax.plot([line[i] for i in ys], ys, color="k", lw=1, ls="--",
-                        label="predicted: FLOPs / peak = ops x overhead")
+            # the boundary: left of it the overhead floor dominates (None: it does at every n)
+            xs = [len(g["ns"]) - 0.5 if b is None else b for b in line]
+            ys = list(range(len(xs)))
+            ax.plot(xs, ys, color="white", lw=2.5)
+            ax.plot(xs, ys, color="k", lw=1, ls="--")
+            ax.set_xlim(-0.5, len(g["ns"]) - 0.5)
             ax.set_xticks(range(len(g["ns"])), [str(n) for n in g["ns"]])
             ax.set_yticks(range(len(g["dims"])), [str(D) for D in g["dims"]])
             ax.set_xlabel("n (parallel branches, or serial layers)")
@@ -204,12 +205,12 @@ def plot_regime(results: dict, variant: str = "eager"):
             bar.ax.yaxis.set_major_locator(FixedLocator(ticks))
             bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             bar.ax.yaxis.set_minor_locator(FixedLocator([]))
-            if row == 0 and col == 0 and ys:
-                ax.legend(fontsize=7, loc="upper left")
     env = results["environment"]
     tokens = sorted({r["tokens"] for r in results["records"]})
     fig.suptitle(f"{env['device_name']} · {env['dtype']} · {env['threads']} thread(s) · "
-                 f"torch {env['torch']} · T = {', '.join(map(str, tokens))} tokens", fontsize=10)
+                 f"torch {env['torch']} · T = {', '.join(map(str, tokens))} tokens\n"
+                 "dashed: the predicted boundary, where FLOPs / peak overtakes ops x overhead "
+                 "for Para-Former-1-n (left of it the overhead floor dominates)", fontsize=10)
     fig.tight_layout()
     return fig
 

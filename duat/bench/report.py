@@ -175,7 +175,7 @@ def check_targets(results: dict, layers: int = 12) -> list[dict]:
                 add(f"CPU batch 64: latency pf-1-{layers} batched / serial ViT-{layers}",
                     _ratio(pf, vit), "<=", 1.05, pf["dim"] == 192 and pf["tokens"] == 65)
         # the overhead regime (D = 32, T = 17): adding parallel layers costs little
-        small = 32 if 32 in dims else dims[0] if len(dims) == 1 else None
+        small = 32 if 32 in dims else None
         deep, one = (find(recs, implementation="pf-batched", batch=1, layers=L, dim=small)
                      for L in (24, 1))
         if small is not None and deep is not None and one is not None:
