@@ -313,7 +313,8 @@ def test_committed_runs_are_found_from_any_folder_and_by_name(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)                       # nowhere near the checkout
     root = bench.results_root()
     assert root == locations.packaged() / "bench" and (root / "cpu-2026-11-28").is_dir()
-    assert bench.latest_run(device="cpu") == root / "cpu-2026-11-28"
+    assert bench.latest_run(device="cpu") == root / "cpu-2026-12-02"      # the newest full run
+    assert bench.latest_run(device="cpu", preset="regime") == root / "cpu-regime-2026-12-02"
     assert bench.load_results("cpu-2026-11-28")["environment"]["device"] == "cpu"
     with pytest.raises(FileNotFoundError, match="cpu-2026-11-28") as err:  # names the committed runs
         bench.load_results("cpu-1999-01-01")

@@ -184,7 +184,7 @@ def test_dashboard_has_both_tabs():
 def fake_timer(monkeypatch):
     """The benchmark's timer, replaced: every call still runs, but the k-th call (k = 0, 1,
     ...) of each timed callable "takes" timer.clock(k) seconds, so the test sets the readings."""
-    import duat.bench.harness as harness
+    import duat.bench.timing as timing
 
     calls = {}
     timer = types.SimpleNamespace(clock=lambda k: 1e-3)
@@ -197,7 +197,7 @@ def fake_timer(monkeypatch):
             out.append(timer.clock(k))
         return out
 
-    monkeypatch.setattr(harness, "time_calls", time_calls)
+    monkeypatch.setattr(timing, "time_calls", time_calls)  # what time_cases calls
     return timer
 
 

@@ -4,8 +4,10 @@
     results = run_benchmark(BenchSpec(layers=(1, 4, 12), batches=(1,)))
     print(format_table(results))
 
-- duat.bench.harness: the models, the timing (CUDA events / perf_counter, CUDA graphs,
-  torch.compile), the matmul peak, run_benchmark.
+- duat.bench.harness: the spec, the models (CUDA graphs, torch.compile variants), the
+  memory check, run_benchmark.
+- duat.bench.timing: per-call timing (CUDA events / perf_counter), the interleaved rounds,
+  the matmul peak, the op count and the fixed cost per operation.
 - duat.bench.report: the table, the kit's targets, results.json / .csv / .png, the plot,
   comparing a rerun with a saved run, and finding saved runs (results_root: the committed
   ones, which ship with the kit; run_roots, list_runs, latest_run, load_results).

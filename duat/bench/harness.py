@@ -8,7 +8,13 @@ This module measures both sides of that sentence in one run:
 - latency of each implementation at each depth L (warm-up, many repetitions, median and
   spread, under torch.inference_mode; CUDA events on GPUs, perf_counter on CPUs), and
 - the device's own matmul peak P (a square GEMM at the same dtype), so that every row gets
-  its FLOP-bound latency flops / P and its achieved fraction (flops / latency) / P.
+  its FLOP-bound latency flops / P and its achieved fraction (flops / latency) / P, and
+- the fixed cost of one operation tau, so that every row also gets its overhead floor
+  ops x tau and the prediction max(ops x tau, flops / P) (the timing is duat.bench.timing).
+
+A sweep over token widths (BenchSpec.dims: the regime preset) times the same cases at each
+width D; a sweep whose largest case would not fit the device's free memory is refused
+before anything is timed (check_memory).
 
 Implementations (`IMPLEMENTATIONS`): the serial ViT-L, Para-Former-1-L with batched branches
 (ParallelStage) and with the reference loop (ReferenceStage), and timm's
@@ -19,25 +25,26 @@ sum, where a Para-Former branch is a whole layer (attention, then its own MLP).
 """
 from __future__ import annotations
 
-import gc
 import importlib.metadata
-import math
 import os
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils._python_dispatch import TorchDispatchMode  # counts dispatched ops
 
 from duat.checks import real, whole, wholes
 from duat.counting import flops, layer_flops
 from duat.paraformer import ParallelStage
 from duat.registry import SIZES, create_model, model_config
 from duat.runtime import environment_info, select_device, threads
+# the timing itself lives in duat.bench.timing; its names are the harness's too (the
+# explorer and the tests reach them as harness.X)
+from duat.bench.timing import (DTYPES, OVERHEAD_PROBE, PEAK_CALLS_PER_ROUND, VARIANTS, Case,  # noqa: F401
+                               _gemm, _overhead_case, _overhead_summary, add_overhead_model,
+                               count_ops, make_callable, matmul_peak, op_overhead, summarize,
+                               time_calls, time_cases)
 
 IMPLEMENTATIONS: dict[str, str] = {
     "vit": "serial ViT-L: L encoder layers one after another",
@@ -45,10 +52,6 @@ IMPLEMENTATIONS: dict[str, str] = {
     "pf-reference": "Para-Former-1-L, reference loop over branches (ReferenceStage)",
     "timm-parallel": "timm ParallelThingsBlock(num_parallel=L), same embedding and head",
 }
-# eager: plain calls. graph: one CUDA graph replay per call (CUDA only).
-# compile: torch.compile(model), default mode (needs a working compiler toolchain).
-VARIANTS = ("eager", "graph", "compile")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _names(name: str, values, known) -> tuple[str, ...]:
@@ -196,7 +199,7 @@ def build_model(implementation: str, layers: int, spec: BenchSpec | None = None,
     return model.eval()
 
 
-# ----------------------------------------------------------------------------- timing
+# ----------------------------------------------------------------------------- the device
 
 def resolve_device(spec: BenchSpec) -> torch.device:
     device = select_device(spec.device)
@@ -206,203 +209,6 @@ def resolve_device(spec: BenchSpec) -> torch.device:
         raise ValueError("dtype float16 is not benchmarked on the CPU (slow emulation); "
                          "use float32 or bfloat16")
     return device
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-def time_calls(fn: Callable[[], object], n: int, device: torch.device) -> list[float]:
-    """Seconds taken by each of n calls of fn, each started on an idle device.
-
-    CUDA: a pair of CUDA events around each call, after a synchronize, so each time is one
-    call's latency including its launch gaps. Elsewhere: perf_counter around the call
-    (and a synchronize on MPS).
-    """
-    if device.type == "cuda":
-        times = []
-        for _ in range(n):
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize(device)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)  # ms -> s
-        return times
-    times = []
-    for _ in range(n):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def _cuda_graph(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
-    """Capture model(x) once as a CUDA graph; the returned callable replays it."""
-    static_x = x.clone()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up on a side stream, as CUDA graph capture requires
-        for _ in range(3):
-            model(static_x)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        model(static_x)
-    return graph.replay
-
-
-def make_callable(model: nn.Module, x: torch.Tensor, variant: str) -> Callable[[], object]:
-    """fn() running one forward pass of `model` on `x` in the given variant."""
-    if variant == "eager":
-        return lambda: model(x)
-    if variant == "graph":
-        if x.device.type != "cuda":
-            raise ValueError(f"variant 'graph' needs a CUDA tensor, got one on {x.device}")
-        return _cuda_graph(model, x)
-    if variant == "compile":
-        compiled = torch.compile(model, dynamic=False)
-        compiled(x)  # compile now, so that a missing toolchain fails here and not mid-timing
-        return lambda: compiled(x)
-    raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
-
-
-def summarize(seconds: list[float]) -> dict:
-    """Median and spread (p10, p25, p75, p90, IQR) of per-call times, in milliseconds."""
-    if len(seconds) < 1:
-        raise ValueError("no timings to summarize")
-    ms = np.asarray(seconds, dtype=float) * 1e3
-    p10, p25, p50, p75, p90 = np.percentile(ms, [10, 25, 50, 75, 90])
-    return {"median_ms": float(p50), "mean_ms": float(ms.mean()), "min_ms": float(ms.min()),
-            "p10_ms": float(p10), "p25_ms": float(p25), "p75_ms": float(p75),
-            "p90_ms": float(p90), "iqr_ms": float(p75 - p25),
-            "rel_iqr": float((p75 - p25) / p50) if p50 > 0 else float("nan")}
-
-
-def _gemm(n: int, device: torch.device, dtype: str) -> Callable[[], object]:
-    """fn() computing one (n x n) @ (n x n) product at `dtype` on `device`."""
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    a = torch.randn(n, n, generator=gen).to(device, DTYPES[dtype])
-    b = torch.randn(n, n, generator=gen).to(device, DTYPES[dtype])
-    return lambda: a @ b
-
-
-def matmul_peak(device: torch.device | str = "cpu", dtype: str = "float32",
-                sizes: tuple[int, ...] | None = None, reps: int = 10) -> dict:
-    """The device's measured matmul rate: square GEMMs (n x n) @ (n x n) at `dtype`.
-
-    Returns the best median rate over the sizes as `gflops` (2 n^3 FLOPs per product, the
-    convention of duat.counting), with the rate of each size and its spread. run_benchmark
-    uses it to choose the size, then times that product between the models' calls, so the
-    peak and the models see the same machine load.
-    """
-    device = torch.device(device)
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
-    if sizes is None:
-        sizes = (1024, 2048) if device.type == "cpu" else (2048, 4096, 8192)
-    sizes = wholes("sizes", sizes)
-    by_size = {}
-    with torch.inference_mode():
-        for n in sizes:
-            fn = _gemm(n, device, dtype)
-            time_calls(fn, 2, device)  # warm-up
-            s = summarize(time_calls(fn, reps, device))
-            fl = 2 * n ** 3
-            by_size[str(n)] = {"gflops": fl / s["median_ms"] / 1e6,
-                               "gflops_p25": fl / s["p75_ms"] / 1e6,
-                               "gflops_p75": fl / s["p25_ms"] / 1e6,
-                               "median_ms": s["median_ms"], "reps": reps}
-            del fn
-    best = max(by_size, key=lambda k: by_size[k]["gflops"])
-    return {"gflops": by_size[best]["gflops"], "size": int(best), "dtype": dtype,
-            "by_size": by_size}
-
-
-# ----------------------------------------------------------------------------- per-op overhead
-
-class _OpCounter(TorchDispatchMode):
-    """Counts the aten operations that reach the kernels (views included: each one is a
-    dispatch too)."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops += 1
-        return func(*args, **(kwargs or {}))
-
-
-def count_ops(fn: Callable[[], object]) -> int:
-    """How many aten operations one call of fn() dispatches (under inference_mode)."""
-    counter = _OpCounter()
-    with torch.inference_mode(), counter:
-        fn()
-    return counter.ops
-
-
-# The overhead probe: a ViT-8 so narrow (D = 8, 2 tokens, batch 1) that its arithmetic is
-# nothing, so its time is the fixed cost of its operations. The same kinds of operations,
-# through the same Python, as the benchmarked models: no assumed figure.
-OVERHEAD_PROBE = dict(name="vit-8", dim=8, heads=1, mlp_ratio=1.0, image_size=4, patch_size=4,
-                      in_channels=1, num_classes=2)
-
-
-def _overhead_case(device: torch.device, dtype: str) -> "Case":
-    kw = dict(OVERHEAD_PROBE)
-    torch.manual_seed(0)
-    model = create_model(kw.pop("name"), **kw).eval().to(device, DTYPES[dtype])
-    x = torch.zeros(1, 1, 4, 4, device=device, dtype=DTYPES[dtype])
-    fn = lambda: model(x)  # noqa: E731
-    case = Case("op-overhead", "eager", 8, 1, model, fn)
-    with torch.inference_mode():
-        fn()
-    case.ops = count_ops(fn)
-    return case
-
-
-def _overhead_summary(case: "Case") -> dict:
-    s = summarize(case.seconds)
-    per = 1e3 / case.ops  # ms per call -> us per op
-    return {"us_per_op": s["median_ms"] * per, "us_p25": s["p25_ms"] * per,
-            "us_p75": s["p75_ms"] * per, "ops": case.ops, "calls": len(case.seconds),
-            "probe": "{name} at D={dim}, {heads} head, 2 tokens, batch 1".format(**OVERHEAD_PROBE)}
-
-
-def op_overhead(device: torch.device | str = "cpu", dtype: str = "float32", reps: int = 50) -> dict:
-    """The fixed cost of one operation on `device`, measured: the time of a forward pass of
-    a model whose arithmetic is negligible (OVERHEAD_PROBE), divided by the operations it
-    dispatches. Returns us_per_op (median) with its quartiles, and the op count."""
-    device = torch.device(device)
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
-    case = _overhead_case(device, dtype)
-    with torch.inference_mode():
-        time_calls(case.fn, 5, device)  # warm-up
-        case.seconds = time_calls(case.fn, whole("reps", reps), device)
-    return _overhead_summary(case)
-
-
-def add_overhead_model(record: dict, us_per_op: float | None) -> dict:
-    """Add the simple latency model t = max(ops x overhead, FLOPs / peak): the overhead
-    floor `overhead_ms`, the prediction `predicted_ms`, and which term sets it (`bound_by`).
-    Needs the record's `ops` and, from add_roofline, its `flop_bound_ms`."""
-    if us_per_op is None or record.get("ops") is None:
-        record["overhead_ms"] = record["predicted_ms"] = record["bound_by"] = None
-        return record
-    record["overhead_ms"] = record["ops"] * us_per_op / 1e3
-    flop_ms = record.get("flop_bound_ms") or 0.0
-    record["predicted_ms"] = max(record["overhead_ms"], flop_ms)
-    record["bound_by"] = "overhead" if record["overhead_ms"] >= flop_ms else "flops"
-    return record
 
 
 # ----------------------------------------------------------------------------- memory
@@ -455,21 +261,6 @@ def check_memory(spec: BenchSpec, device: torch.device, implementations) -> None
 
 
 # ----------------------------------------------------------------------------- the run
-
-@dataclass
-class Case:
-    """One thing to time: a model (or the matmul probe) and the call that runs it; the
-    timing loop fills in its warm-up count and samples."""
-    implementation: str
-    variant: str
-    layers: int
-    batch: int
-    model: nn.Module
-    fn: Callable[[], object]
-    ops: int | None = None      # aten operations one call dispatches (count_ops)
-    reps: int = 0
-    warmup: int = 0
-    seconds: list = field(default_factory=list)
 
 
 def environment(device: torch.device, spec: BenchSpec) -> dict:
@@ -568,49 +359,6 @@ def _build_cases(spec, impls, L, batch, device, skipped, say, width=None) -> lis
                 continue
             cases.append(Case(impl, variant, L, batch, model, fn, ops=ops))
     return cases
-
-
-PEAK_CALLS_PER_ROUND = 2  # calls of each probe timed before each round of each (D, batch, L)
-
-
-def time_cases(cases: list[Case], spec: BenchSpec, device: torch.device, say,
-               probes: list[Case] | Case | None = None) -> None:
-    """Warm every case up, then time them in interleaved rounds (spec.rounds), so that slow
-    drifts of the machine's load hit all cases alike; `probes` (the matmul peak, the per-op
-    overhead) are timed before each round. The benchmark and the explorer both time
-    through this loop."""
-    probes = [] if probes is None else [probes] if isinstance(probes, Case) else list(probes)
-    with torch.inference_mode():
-        for case in cases:  # warm-up: at least one call, at most spec.warmup, within a budget
-            t0 = time.perf_counter()
-            while case.warmup < spec.warmup - 1:
-                time_calls(case.fn, 1, device)
-                case.warmup += 1
-                if time.perf_counter() - t0 > spec.max_case_seconds / 3:
-                    break
-            last = time_calls(case.fn, 1, device)  # one more: the first may have compiled
-            case.warmup += 1
-            per_call = max(last[0], 1e-7)
-            case.reps = max(spec.min_reps, min(spec.reps, int(spec.max_case_seconds / per_call)))
-        gc.collect()  # as timeit does: no garbage collection pauses inside the timed calls
-        was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            for r in range(spec.rounds):
-                for probe in probes:
-                    probe.seconds += time_calls(probe.fn, PEAK_CALLS_PER_ROUND, device)
-                for case in (cases if r % 2 == 0 else reversed(cases)):
-                    todo = min(math.ceil(case.reps / spec.rounds), case.reps - len(case.seconds))
-                    if todo > 0:
-                        case.seconds += time_calls(case.fn, todo, device)
-        finally:
-            if was_enabled:
-                gc.enable()
-    for case in cases:
-        s = summarize(case.seconds)
-        say(f"  D {case.model.config.dim:>3}  batch {case.batch:>3}  L {case.layers:>2}  {case.implementation:<14} "
-            f"{case.variant:<7} {s['median_ms']:9.2f} ms  (p25-p75 {s['p25_ms']:.2f}-"
-            f"{s['p75_ms']:.2f}, {len(case.seconds)} reps)")
 
 
 def _record(case: Case, spec: BenchSpec, env: dict) -> dict:

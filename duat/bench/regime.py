@@ -25,6 +25,8 @@ import math
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.colors import LogNorm
+from matplotlib.ticker import FixedLocator, FuncFormatter
 
 # The flat-latency claim, read on measured numbers: Para-Former-1-n within this factor of
 # Para-Former-1-1 (the kit's target at D = 32, T = 17; a serial ViT-24 is ~15-18x there).
@@ -171,9 +173,6 @@ def plot_regime(results: dict, variant: str = "eager"):
     """Heat maps over (D, n), one row per batch size: the three ratios of PANELS, annotated,
     with the predicted boundary (where FLOPs / peak overtakes ops x overhead for
     Para-Former-1-n) drawn as a white line. Colours on a log scale centred on 1."""
-    from matplotlib.colors import LogNorm
-    from matplotlib.ticker import FixedLocator, FuncFormatter
-
     norm = LogNorm(vmin=1 / 16, vmax=16)   # the same colours for the same ratio, every panel
     ticks = [1 / 16, 1 / 4, 1 / 2, 1, 2, 4, 16]
     batches = sorted({r["batch"] for r in results["records"]})
