@@ -18,8 +18,7 @@ and flags a reading as too noisy when its spread is wide or it is far slower tha
 readings of the same model (SPREAD_LIMIT, SLOWDOWN_LIMIT); the record is kept, marked.
 
 Op counts are of a warm model: the measured models are counted on one more pass after
-their timed calls (a first pass can do one-off work: ParallelStage folds its LayerNorm
-affines into its weights once and caches them). The serial ViT-L's overhead floor grows
+their timed calls (a first pass can do one-off work). The serial ViT-L's overhead floor grows
 with L: its op count is `a + b L` (b a layer's ops, a the embedding, norm and head),
 counted once per setting from ViT-1 and ViT-2 at batch 1 (a ViT's count does not depend on
 the batch). Para-Former-m-n's floor is its own op count at the measured batch, which grows
@@ -246,7 +245,7 @@ class DepthWidthExplorer:
         x = torch.zeros(batch, self.image["in_channels"], self.image["image_size"],
                         self.image["image_size"], device=device)
         with torch.inference_mode():
-            model(x)  # a first pass may do one-off work (ParallelStage folds its weights once)
+            model(x)  # a first pass may do one-off work: count a steady one
         return harness.count_ops(lambda: model(x))
 
     def measure(self) -> list[dict] | None:
