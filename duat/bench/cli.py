@@ -11,7 +11,9 @@
 Results go to bench/<name>/ of duat.locations.output_dir() (results.json, results.csv,
 latency_vs_layers.png): duat/results/bench/ in a source checkout, next to the committed
 runs; ./results/bench/ for an installed kit; $DUAT_RESULTS/bench/ if set. <name> is
-DEVICE-DATE (quick runs: DEVICE-quick-DATE-HHMMSS); an earlier run's folder is never
+DEVICE-DATE for --full (quick runs: DEVICE-quick-DATE-HHMMSS; the gpu and regime presets:
+DEVICE-PRESET-DATE, e.g. cpu-regime-2026-12-02; a regime run adds regime_map.png and
+regime_model.png); an earlier run's folder is never
 overwritten without --overwrite.
 """
 from __future__ import annotations
