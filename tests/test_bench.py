@@ -333,7 +333,9 @@ def test_an_installed_kit_lists_the_committed_runs_and_those_written_here(tiny_r
     capsys.readouterr()
     (mine,) = (tmp_path / "results" / "bench").iterdir()        # the default --out: ./results/bench
     assert mine.name.startswith("cpu-quick-")
-    assert [p.name for p in bench.list_runs()] == sorted(["cpu-2026-11-28", mine.name])
+    shipped = [p.name for p in bench.list_runs(locations.packaged() / "bench")]
+    assert {"cpu-2026-11-28", "cpu-2026-12-02", "cpu-regime-2026-12-02"} <= set(shipped)
+    assert [p.name for p in bench.list_runs()] == sorted(shipped + [mine.name])
     assert bench.latest_run(include_quick=True) == mine
     assert not (locations.packaged() / "bench" / mine.name).exists()   # nothing into the package
 
