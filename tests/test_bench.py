@@ -528,3 +528,48 @@ def test_regime_preset_never_overwrites_an_earlier_run(tmp_path, capsys):
     assert main(args) == 2
     assert "earlier run" in capsys.readouterr().err
     assert (tmp_path / "r" / "results.json").read_bytes() == before
+
+
+def test_count_ops_counts_a_steady_call_unless_told_the_call_is_warm():
+    state = {"first": True}
+    x = torch.ones(3)
+
+    def fn():  # one-off work on the first call only, as a lazily built cache would do
+        if state.pop("first", False):
+            (x + 1) * 2
+        return x + 1
+
+    assert bench.count_ops(fn) == 1                 # warm: the first call is not counted
+    state["first"] = True
+    assert bench.count_ops(fn, warm=False) == 3     # the first call itself
+    with pytest.raises(TypeError, match="needs a callable"):
+        bench.count_ops(3)
+
+
+def test_new_public_functions_refuse_bad_input_in_one_line(regime_results):
+    with pytest.raises(ValueError, match="not a device name"):
+        bench.op_overhead("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="not available"):
+            bench.op_overhead("cuda")
+        with pytest.raises(ValueError, match="not available"):
+            bench.matmul_peak("cuda")
+    with pytest.raises(ValueError, match="us_per_op must be a time >= 0"):
+        bench.add_overhead_model({"ops": 3, "flop_bound_ms": 1.0}, -1.0)
+    with pytest.raises(TypeError, match="ParaFormerConfig"):
+        bench.estimate_bytes(None, 1)
+    with pytest.raises(ValueError, match="no eager records at batch 7; it has batch 1 eager"):
+        bench.regime_grid(regime_results, batch=7)
+    with pytest.raises(ValueError, match="nothing to draw"):
+        bench.plot_regime({"records": [], "environment": {}})
+
+
+def test_estimate_bytes_counts_the_weights_it_holds():
+    from duat.counting import count_parameters
+    from duat.registry import create_model, model_config
+
+    c = model_config("pf-1-4", size="tiny", image_size=8, in_channels=1)
+    params = count_parameters(create_model("pf-1-4", size="tiny", image_size=8, in_channels=1))
+    one, two = bench.estimate_bytes(c, 1), bench.estimate_bytes(c, 2)
+    assert one > 4 * params and two > one                     # weights, then activations per batch
+    assert bench.estimate_bytes(c, 1, "bfloat16") * 2 == one   # half the bytes per number

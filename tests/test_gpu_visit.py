@@ -105,3 +105,19 @@ def test_visit_without_cuda_exits_2_with_one_error_line():
     assert len(lines) == 1 and lines[0].startswith("error: no CUDA device: "), done.stderr
     assert lines[0].endswith("use --dry-run on a CPU") and done.stdout == ""
     assert tree(REPO / "runs") == before
+
+
+@pytest.mark.parametrize("mode", [[], ["--dry-run"]])
+def test_a_python_without_torch_is_refused_in_one_line_before_any_step(tmp_path, mode):
+    fake = tmp_path / "torch"            # a torch that cannot be imported, first on the path
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('no torch here (test)')\n")
+    before = tree(REPO / "runs")
+    done = subprocess.run([sys.executable, str(SCRIPT), *mode], cwd=REPO,
+                          env=clean_env(PYTHONPATH=str(tmp_path), DUAT_PYTHON=sys.executable),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: torch is not importable"), done.stderr
+    assert "make venv" in lines[0]
+    assert tree(REPO / "runs") == before

@@ -35,8 +35,8 @@ import torch
 import torch.nn as nn
 
 from duat.checks import real, whole, wholes
-from duat.counting import flops, layer_flops
-from duat.paraformer import ParallelStage
+from duat.counting import count_parameters, flops, layer_flops
+from duat.paraformer import ParaFormer, ParaFormerConfig, ParallelStage
 from duat.registry import SIZES, create_model, model_config
 from duat.runtime import environment_info, select_device, threads
 # the timing itself lives in duat.bench.timing; its names are the harness's too (the
@@ -164,6 +164,11 @@ def timm_available() -> str | None:
     return block if isinstance(block, str) else None
 
 
+def model_name(implementation: str, layers: int) -> str:
+    """The registry name of the model an implementation times at depth L: vit-L or pf-1-L."""
+    return f"vit-{layers}" if implementation == "vit" else f"pf-1-{layers}"
+
+
 def build_model(implementation: str, layers: int, spec: BenchSpec | None = None,
                 width: tuple[int, int] | None = None) -> nn.Module:
     """The model timed as `implementation` at depth L, in eval mode, on the CPU in float32;
@@ -213,16 +218,21 @@ def resolve_device(spec: BenchSpec) -> torch.device:
 
 # ----------------------------------------------------------------------------- memory
 
-def estimate_bytes(config, batch: int, dtype: str = "float32") -> int:
+def estimate_bytes(config: ParaFormerConfig, batch: int, dtype: str = "float32") -> int:
     """A generous estimate of what one forward pass of `config` holds at its peak: the
-    weights, and one stage's activations for all its branches at once (qkv, attention
-    scores, MLP hidden, outputs), as the batched stage computes them."""
-    c = config
-    B, T, D, H, n = batch, c.num_tokens, c.dim, c.hidden_dim, c.width
-    size = torch.finfo(DTYPES[dtype]).bits // 8
-    weights = c.layers * (4 * D * D + 2 * D * H + 10 * D) + (c.in_channels * c.patch_size ** 2 + T + 1) * D
+    weights (counted on the meta device, allocating nothing), and one stage's activations
+    for all its branches at once (qkv, attention scores, MLP hidden, outputs), as the
+    batched stage computes them."""
+    if not isinstance(config, ParaFormerConfig):
+        raise TypeError(f"config must be a ParaFormerConfig, got {type(config).__name__}")
+    c, B = config, whole("batch", batch)
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
+    with torch.device("meta"):
+        weights = count_parameters(ParaFormer(c))
+    T, D, H, n = c.num_tokens, c.dim, c.hidden_dim, c.width
     activations = n * B * T * (3 * D + 4 * D + 2 * H) + n * B * c.heads * T * T + 4 * B * T * D
-    return size * (weights + activations)
+    return torch.finfo(DTYPES[dtype]).bits // 8 * (weights + activations)
 
 
 def free_bytes(device: torch.device) -> int | None:
@@ -243,16 +253,14 @@ def check_memory(spec: BenchSpec, device: torch.device, implementations) -> None
     free = free_bytes(device)
     if free is None:
         return
-    worst = None
+    worst, batch, L = None, max(spec.batches), max(spec.layers)  # the estimate grows with both
     for width in spec.widths():
-        for L in spec.layers:
-            for impl in implementations:
-                name = f"vit-{L}" if impl == "vit" else f"pf-1-{L}"
-                c = model_config(name, **model_kwargs(spec, width))
-                for batch in spec.batches:
-                    need = estimate_bytes(c, batch, spec.dtype)
-                    if worst is None or need > worst[0]:
-                        worst = (need, name, width[0], batch, c.num_tokens)
+        for impl in implementations:
+            name = model_name(impl, L)
+            c = model_config(name, **model_kwargs(spec, width))
+            need = estimate_bytes(c, batch, spec.dtype)
+            if worst is None or need > worst[0]:
+                worst = (need, name, width[0], batch, c.num_tokens)
     if worst[0] > 0.8 * free:
         need, name, D, batch, T = worst
         raise ValueError(f"{name} at D={D}, {T} tokens, batch {batch} needs about "
@@ -345,8 +353,6 @@ def _build_cases(spec, impls, L, batch, device, skipped, say, width=None) -> lis
     cases = []
     for impl in impls:
         model = build_model(impl, L, spec, width).to(device, DTYPES[spec.dtype])
-        with torch.inference_mode():
-            model(x)  # a first call may do one-off work; count the ops of a steady one
         ops = count_ops(lambda: model(x))
         for variant in spec.variants:
             key = f"{impl}+{variant}"
@@ -368,7 +374,7 @@ def _record(case: Case, spec: BenchSpec, env: dict) -> dict:
         "label": case.implementation if case.variant == "eager"
         else f"{case.implementation}+{case.variant}",
         "layers": case.layers, "batch": case.batch,
-        "model": f"vit-{case.layers}" if case.implementation == "vit" else f"pf-1-{case.layers}",
+        "model": model_name(case.implementation, case.layers),
         "dim": c.dim, "heads": c.heads, "mlp_ratio": c.mlp_ratio, "tokens": c.num_tokens,
         "image_size": c.image_size, "patch_size": c.patch_size,
         "dtype": spec.dtype, "device": env["device"], "device_name": env["device_name"],

@@ -47,6 +47,10 @@ def regime_grid(results: dict, batch: int, variant: str = "eager") -> dict:
     measured ratio (rows D, columns n; NaN where a case is missing) with its range from the
     interquartile ranges, and the same ratio predicted by the overhead model."""
     recs = [r for r in results["records"] if r["batch"] == batch and r["variant"] == variant]
+    if not recs:
+        have = sorted({(r["batch"], r["variant"]) for r in results["records"]})
+        raise ValueError(f"this run has no {variant} records at batch {batch}; it has "
+                         + (", ".join(f"batch {b} {v}" for b, v in have) or "no records"))
     dims = sorted({r["dim"] for r in recs})
     ns = sorted({r["layers"] for r in recs})
     shape = (len(dims), len(ns))
@@ -99,7 +103,7 @@ def claim_cells(results: dict, limit: float = FLAT_LIMIT, variant: str = "eager"
     where adding parallel layers costs little on this device. Each with the serial ViT's
     ratio at the same place, for contrast."""
     cells = []
-    for batch in sorted({r["batch"] for r in results["records"]}):
+    for batch in sorted({r["batch"] for r in results["records"] if r["variant"] == variant}):
         grid = regime_grid(results, batch, variant)
         for i, D in enumerate(grid["dims"]):
             for j, n in enumerate(grid["ns"]):
@@ -114,22 +118,20 @@ def model_error(results: dict) -> dict:
     median and the largest |log(predicted / measured)|, as factors, and the median signed
     factor (above 1: the model predicts too slow; below: too fast), per dominant term; and,
     for comparison, the same for ops x overhead + FLOPs / peak ("sum model")."""
+    def factors(predicted, rs):  # predicted(record) against each record's median
+        logs = np.array([math.log(predicted(r) / r["median_ms"]) for r in rs])
+        return {"cases": len(rs), "median_factor": float(np.exp(np.median(np.abs(logs)))),
+                "worst_factor": float(np.exp(np.abs(logs).max())),
+                "median_signed": float(np.exp(np.median(logs)))}
+
+    modelled = [r for r in results["records"] if r.get("predicted_ms")]
     out = {}
-    rs = [r for r in results["records"] if r.get("predicted_ms")]
-    if rs:  # the same two terms added instead of maxed, for comparison
-        logs = np.array([math.log((r["overhead_ms"] + r["flop_bound_ms"]) / r["median_ms"]) for r in rs])
-        out["sum model"] = {"cases": len(rs), "median_factor": float(np.exp(np.median(np.abs(logs)))),
-                            "worst_factor": float(np.exp(np.abs(logs).max())),
-                            "median_signed": float(np.exp(np.median(logs)))}
+    if modelled:  # the same two terms added instead of maxed, for comparison
+        out["sum model"] = factors(lambda r: r["overhead_ms"] + r["flop_bound_ms"], modelled)
     for bound in ("overhead", "flops", None):
-        rs = [r for r in results["records"] if r.get("predicted_ms")
-              and (bound is None or r["bound_by"] == bound)]
-        if not rs:
-            continue
-        logs = np.array([math.log(r["predicted_ms"] / r["median_ms"]) for r in rs])
-        out[bound or "all"] = {"cases": len(rs), "median_factor": float(np.exp(np.median(np.abs(logs)))),
-                               "worst_factor": float(np.exp(np.abs(logs).max())),
-                               "median_signed": float(np.exp(np.median(logs)))}
+        rs = [r for r in modelled if bound is None or r["bound_by"] == bound]
+        if rs:
+            out[bound or "all"] = factors(lambda r: r["predicted_ms"], rs)
     return out
 
 
@@ -141,7 +143,7 @@ def format_regime(results: dict, limit: float = FLAT_LIMIT) -> str:
     if ov:
         lines.append(f"per-op overhead {ov['us_per_op']:.1f} us (p25-p75 {ov['us_p25']:.1f}-"
                      f"{ov['us_p75']:.1f}; {ov['probe']}, {ov['ops']} ops)")
-    for batch in sorted({r["batch"] for r in results["records"]}):
+    for batch in sorted({r["batch"] for r in results["records"] if r["variant"] == "eager"}):
         g = regime_grid(results, batch)
         head = f"{'D':>5} " + " ".join(f"{'n=' + str(n):>11}" for n in g["ns"])
         lines += ["", f"batch {batch}: Para-Former-1-n / Para-Former-1-1 (ViT-n / ViT-1)", head]
@@ -175,7 +177,9 @@ def plot_regime(results: dict, variant: str = "eager"):
     Para-Former-1-n) drawn as a white line. Colours on a log scale centred on 1."""
     norm = LogNorm(vmin=1 / 16, vmax=16)   # the same colours for the same ratio, every panel
     ticks = [1 / 16, 1 / 4, 1 / 2, 1, 2, 4, 16]
-    batches = sorted({r["batch"] for r in results["records"]})
+    batches = sorted({r["batch"] for r in results["records"] if r["variant"] == variant})
+    if not batches:
+        raise ValueError(f"nothing to draw: the run has no {variant} records")
     fig, axes = plt.subplots(len(batches), len(PANELS), figsize=(5.0 * len(PANELS), 3.6 * len(batches)),
                              squeeze=False)
     for row, batch in enumerate(batches):

@@ -25,6 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # counts dispatched 
 
 from duat.checks import whole, wholes
 from duat.registry import create_model
+from duat.runtime import select_device
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # eager: plain calls. graph: one CUDA graph replay per call (CUDA only).
@@ -127,7 +128,7 @@ def matmul_peak(device: torch.device | str = "cpu", dtype: str = "float32",
     uses it to choose the size, then times that product between the models' calls, so the
     peak and the models see the same machine load.
     """
-    device = torch.device(device)
+    device = select_device(str(device))  # a wrong or absent device: one clear ValueError
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
     if sizes is None:
@@ -163,11 +164,19 @@ class _OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def count_ops(fn: Callable[[], object]) -> int:
-    """How many aten operations one call of fn() dispatches (under inference_mode)."""
+def count_ops(fn: Callable[[], object], warm: bool = True) -> int:
+    """How many aten operations one call of fn() dispatches (under inference_mode).
+
+    warm: call fn() once, uncounted, first: a model's first call may do one-off work, and
+    what is counted is a steady call (False when fn has just been run)."""
+    if not callable(fn):
+        raise TypeError(f"count_ops needs a callable (e.g. lambda: model(x)), got {type(fn).__name__}")
     counter = _OpCounter()
-    with torch.inference_mode(), counter:
-        fn()
+    with torch.inference_mode():
+        if warm:
+            fn()
+        with counter:
+            fn()
     return counter.ops
 
 
@@ -184,11 +193,7 @@ def _overhead_case(device: torch.device, dtype: str) -> "Case":
     model = create_model(kw.pop("name"), **kw).eval().to(device, DTYPES[dtype])
     x = torch.zeros(1, 1, 4, 4, device=device, dtype=DTYPES[dtype])
     fn = lambda: model(x)  # noqa: E731
-    case = Case("op-overhead", "eager", 8, 1, model, fn)
-    with torch.inference_mode():
-        fn()
-    case.ops = count_ops(fn)
-    return case
+    return Case("op-overhead", "eager", 8, 1, model, fn, ops=count_ops(fn))
 
 
 def _overhead_summary(case: "Case") -> dict:
@@ -203,7 +208,7 @@ def op_overhead(device: torch.device | str = "cpu", dtype: str = "float32", reps
     """The fixed cost of one operation on `device`, measured: the time of a forward pass of
     a model whose arithmetic is negligible (OVERHEAD_PROBE), divided by the operations it
     dispatches. Returns us_per_op (median) with its quartiles, and the op count."""
-    device = torch.device(device)
+    device = select_device(str(device))  # a wrong or absent device: one clear ValueError
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
     case = _overhead_case(device, dtype)
@@ -217,6 +222,8 @@ def add_overhead_model(record: dict, us_per_op: float | None) -> dict:
     """Add the simple latency model t = max(ops x overhead, FLOPs / peak): the overhead
     floor `overhead_ms`, the prediction `predicted_ms`, and which term sets it (`bound_by`).
     Needs the record's `ops` and, from add_roofline, its `flop_bound_ms`."""
+    if us_per_op is not None and not (us_per_op >= 0):  # NaN fails too
+        raise ValueError(f"us_per_op must be a time >= 0 (microseconds), got {us_per_op!r}")
     if us_per_op is None or record.get("ops") is None:
         record["overhead_ms"] = record["predicted_ms"] = record["bound_by"] = None
         return record

@@ -244,9 +244,7 @@ class DepthWidthExplorer:
         model = ParaFormer(config).eval().to(device)
         x = torch.zeros(batch, self.image["in_channels"], self.image["image_size"],
                         self.image["image_size"], device=device)
-        with torch.inference_mode():
-            model(x)  # a first pass may do one-off work: count a steady one
-        return harness.count_ops(lambda: model(x))
+        return harness.count_ops(lambda: model(x))   # of a steady pass, after a warm one
 
     def measure(self) -> list[dict] | None:
         """Time Para-Former-m-n and serial ViT-(m*n); returns the two new records, or None
@@ -317,7 +315,7 @@ class DepthWidthExplorer:
                                           harness.make_callable(model, x, "eager")))
             harness.time_cases(cases, spec, device, say=lambda _: None)
             for case in cases:  # one more, untimed pass each, counted: a warm model at this batch
-                case.ops = harness.count_ops(case.fn)
+                case.ops = harness.count_ops(case.fn, warm=False)  # just timed: warm
         except Exception as err:  # shown on the dashboard, never raised into the page
             self._say(f"<b style='color:#b00'>measurement failed: {type(err).__name__}: {html.escape(str(err))}</b>")
             return None
