@@ -289,12 +289,9 @@ class ParallelStage(nn.Module):
         n, h, hd = sl.stop - sl.start, self.heads, self.head_dim
         drop = self.dropout if self.training else 0.0
         if n == 1:  # a single branch: plain fused kernels (F.linear, affine layer_norm)
-            f = self._one_branch(x, {name: (None if getattr(self, name) is None
-                                            else getattr(self, name)[sl.start]) for name, _ in _STACKED})
+            f = self._one_branch(x, self._weights(sl.start))
             return f[None] if keep_branches else f
-        whole = n == self.width  # no slicing when one chunk holds every branch
-        W = {name: (None if getattr(self, name) is None else
-                    getattr(self, name) if whole else getattr(self, name)[sl]) for name, _ in _STACKED}
+        W = self._weights(None if n == self.width else sl)  # no slicing when one chunk holds all
 
         # attention: the shared normalised input, each branch's own affine and weights
         h1 = torch.addcmul(W["norm1_bias"][:, None], xn, W["norm1_weight"][:, None])  # (n, BT, D)
@@ -320,6 +317,15 @@ class ParallelStage(nn.Module):
         if drop:
             m = F.dropout(m, drop, True)                                             # (n, BT, D)
         return (a + m) if keep_branches else (a + m).sum(0)                          # (BT, D)
+
+    def _weights(self, index) -> dict:
+        """The stacked parameters by name, indexed by `index` (a branch, a slice of them, or
+        None for all); None for an absent one (qkv_bias=False)."""
+        out = {}
+        for name, _ in _STACKED:
+            t = getattr(self, name)
+            out[name] = None if t is None else t if index is None else t[index]
+        return out
 
     def _one_branch(self, x: torch.Tensor, W: dict) -> torch.Tensor:
         """f(x) for one branch: the same maths as Block.residual, on stacked weights."""
