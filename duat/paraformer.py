@@ -174,8 +174,9 @@ class ReferenceStage(nn.Module):
     def width(self) -> int:
         return len(self.blocks)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + sum(block.residual(x) for block in self.blocks)
+    def forward(self, x: torch.Tensor, branches: int | None = None) -> torch.Tensor:
+        """x + sum_{i < k} f_i(x): every branch, or the first k = `branches` only."""
+        return x + sum(block.residual(x) for block in self.blocks[:branches])
 
     def branch_updates(self, x: torch.Tensor) -> torch.Tensor:
         """Each branch's update f_i(x), stacked: (B, T, D) -> (n, B, T, D)."""
@@ -254,10 +255,12 @@ class ParallelStage(nn.Module):
             return self.width
         return max(1, min(self.width, budget // max(rows_per_branch, 1)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, branches: int | None = None) -> torch.Tensor:
+        """x + sum_{i < k} f_i(x) for the first k = `branches` (default all n); the other
+        n - k branches are not computed at all."""
         B, T, D = x.shape
-        n = self.width
-        chunk = self.branch_chunk(B * T, x.device)
+        n = self.width if branches is None else branches
+        chunk = min(self.branch_chunk(B * T, x.device), n)
         xn = (F.layer_norm(x, (D,), eps=self.norm_eps).reshape(1, B * T, D)  # shared by all branches
               if chunk > 1 else None)                                       # (one branch: its own)
         f = None
@@ -291,7 +294,7 @@ class ParallelStage(nn.Module):
         if n == 1:  # a single branch: plain fused kernels (F.linear, affine layer_norm)
             f = self._one_branch(x, self._weights(sl.start))
             return f[None] if keep_branches else f
-        W = self._weights(None if n == self.width else sl)  # no slicing when one chunk holds all
+        W = self._weights(None if n == self.width else sl)  # no slicing when one slice is all
 
         # attention: the shared normalised input, each branch's own affine and weights
         h1 = torch.addcmul(W["norm1_bias"][:, None], xn, W["norm1_weight"][:, None])  # (n, BT, D)
@@ -416,18 +419,32 @@ class ParaFormer(nn.Module):
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, T, D)
         return self.pos_drop(x + self.pos_embed)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images -> normalised tokens (B, T, D) after the last stage."""
+    def check_branches(self, branches) -> int | None:
+        """`branches` as the prefix width k (1 <= k <= n), or None for all n; else ValueError."""
+        n = self.config.width
+        if branches is None:
+            return None
+        if not isinstance(branches, int) or isinstance(branches, bool) or not 1 <= branches <= n:
+            raise ValueError(f"branches must be an int k with 1 <= k <= n = {n} (the branches "
+                             f"per stage of this Para-Former-{self.config.depth}-{n}), got {branches!r}")
+        return branches
+
+    def forward_features(self, x: torch.Tensor, branches: int | None = None) -> torch.Tensor:
+        """Images -> normalised tokens (B, T, D) after the last stage; with `branches` = k,
+        every stage computes only its first k branches (the prefix model y_k)."""
+        k = self.check_branches(branches)
         x = self.forward_tokens(x)
         for stage in self.stages:
-            x = stage(x)
+            x = stage(x) if k is None else stage(x, k)
         return self.norm(x)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         return tokens[:, 0] if self.config.pool == "cls" else tokens.mean(dim=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool(self.forward_features(x)))              # (B, classes)
+    def forward(self, x: torch.Tensor, branches: int | None = None) -> torch.Tensor:
+        """Logits (B, classes); `branches` = k: the prefix model y_k = x + sum_{i < k} f_i(x)
+        in every stage (docs/method.md section 7); k = n is exactly the full model."""
+        return self.head(self.pool(self.forward_features(x, branches)))    # (B, classes)
 
     # -- exact conversion between the two stage implementations
     def to_reference(self) -> "ParaFormer":

@@ -26,15 +26,13 @@ batch event's loss is copied from it only when a callback reads it.
 from __future__ import annotations
 
 import math
-import random
 import threading
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -42,10 +40,11 @@ from tqdm.auto import tqdm
 
 from duat.checks import real, whole
 from duat.runtime import seed_everything, select_device
-from duat.storage import CHECKPOINT_FORMAT, CHECKPOINT_KEYS, atomic_torch_save, load_tensors
+from duat.storage import CHECKPOINT_FORMAT, atomic_torch_save
+from duat.training.checkpoints import (_model_config, _rng_state, _set_rng_state,
+                                       check_compatible, load_checkpoint)
+from duat.training.schedules import FrozenRows, Schedule, frozen_pairs, resolve_schedule
 
-# Config fields that do not change the weights' layout: a checkpoint may differ in these.
-_LAYOUT_FREE = ("dropout", "attn_dropout", "debug_checks")
 # Steps between two readings of the loss (the progress bar's, and the check that it is
 # finite): with the epoch ends, the only times the loop waits for the device.
 LOG_EVERY = 10
@@ -158,75 +157,6 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-def _model_config(model: nn.Module) -> dict | None:
-    config = getattr(model, "config", None)
-    return asdict(config) if is_dataclass(config) else None
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def _set_rng_state(state: dict) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def load_checkpoint(path: str | Path, model: nn.Module | None = None,
-                    map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint written by fit(); with `model`, check it fits and load its weights.
-
-    Raises FileNotFoundError for a missing file, ValueError for a file that is not a
-    readable duat checkpoint (tensors and plain data only: see duat.storage.load_tensors)
-    or one written by a different architecture.
-    """
-    path = Path(path)
-    state = load_tensors(path, "duat checkpoint (a file written by `duat train` or "
-                               "duat.training.fit)", map_location=map_location)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a duat checkpoint (expected format {CHECKPOINT_FORMAT!r})")
-    missing = [k for k in CHECKPOINT_KEYS if k not in state]
-    if missing:
-        raise ValueError(f"{path} is an incomplete duat checkpoint: it lacks {', '.join(missing)}")
-    if model is not None:
-        check_compatible(state, model, path)
-        model.load_state_dict(state["model_state"])
-    return state
-
-
-def check_compatible(state: dict, model: nn.Module, path: str | Path = "checkpoint") -> None:
-    """ValueError naming the differences if the checkpoint's model is not this model's."""
-    saved, current = state.get("model_config"), _model_config(model)
-    if saved is not None and current is not None:
-        diff = [f"{k}: {saved.get(k)!r} in the checkpoint, {current.get(k)!r} here"
-                for k in sorted(set(saved) | set(current))
-                if k not in _LAYOUT_FREE and saved.get(k) != current.get(k)]
-        if diff:
-            raise ValueError(f"{path} was written by a different architecture "
-                             f"({state.get('model_name') or saved}); differences: " + "; ".join(diff))
-    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    theirs = {k: tuple(v.shape) for k, v in state["model_state"].items()}
-    if own != theirs:
-        missing = sorted(set(own) - set(theirs))[:5]
-        extra = sorted(set(theirs) - set(own))[:5]
-        shapes = [f"{k}: {theirs[k]} vs {own[k]}" for k in own if k in theirs and own[k] != theirs[k]][:5]
-        raise ValueError(f"{path} does not fit this model: missing {missing}, unexpected {extra}, "
-                         f"shape mismatches {shapes}")
-
-
 # ----------------------------------------------------------------------------- evaluation
 
 @torch.no_grad()
@@ -248,8 +178,11 @@ def predict(model: nn.Module, loader: Iterable, device: str | torch.device | Non
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device | None = None, *,
-             label_smoothing: float = 0.0, amp: bool = True) -> dict[str, float]:
-    """Mean loss, accuracy and throughput of `model` over `loader` (model left in its mode)."""
+             label_smoothing: float = 0.0, amp: bool = True,
+             branches: int | None = None) -> dict[str, float]:
+    """Mean loss, accuracy and throughput of `model` over `loader` (model left in its mode);
+    `branches` = k scores a ParaFormer's prefix model y_k (the first k branches per stage)."""
+    call = model if branches is None else (lambda x: model(x, branches=branches))
     device = _device_of(model) if device is None else torch.device(device)
     use_amp, amp_dtype = _amp_settings(device, amp)
     was_training = model.training
@@ -262,7 +195,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device | No
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                logits = model(x)
+                logits = call(x)
             loss_sums.append(F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing,
                                              reduction="sum"))
             corrects.append((logits.argmax(1) == y).sum())
@@ -276,6 +209,16 @@ def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device | No
     seconds = time.perf_counter() - t0
     return {"loss": loss_sum / count, "accuracy": correct / count, "samples": count,
             "seconds": seconds, "samples_per_s": count / max(seconds, 1e-9)}
+
+
+def prefix_metrics(model: nn.Module, loader: Iterable, *, label_smoothing: float = 0.0,
+                   amp: bool = True) -> dict[str, float]:
+    """prefix_loss_k and prefix_acc_k of a ParaFormer's prefix models y_k, k = 1..n."""
+    out = {}
+    for k in range(1, model.config.width + 1):
+        r = evaluate(model, loader, label_smoothing=label_smoothing, amp=amp, branches=k)
+        out[f"prefix_loss_{k}"], out[f"prefix_acc_{k}"] = r["loss"], r["accuracy"]
+    return out
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -295,7 +238,8 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
         config: TrainConfig | None = None, *, checkpoint: str | Path | None = None,
         resume: bool | str | Path = False, callbacks: Sequence[Callback] = (),
         stop_event: threading.Event | None = None, progress: bool = True,
-        extra: dict | None = None) -> FitResult:
+        extra: dict | None = None, schedule: str | Schedule | None = None,
+        freeze_rows: Sequence[tuple[nn.Parameter, object]] = ()) -> FitResult:
     """Train `model` on `train_loader`; validate on `val_loader` after every epoch.
 
     checkpoint: file to write after every `config.checkpoint_every` epochs (atomically).
@@ -307,6 +251,11 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
     stop_event: a threading.Event; once set, training stops before the next batch.
     progress: show a tqdm progress bar (terminal or notebook).
     extra: JSON-friendly facts stored in the checkpoint (model name, data config, ...).
+    schedule: None (the plain loop), or "joint", "progressive", "branchwise" for a ParaFormer
+        (duat.training.schedules); then every epoch's record also holds prefix_loss_k and
+        prefix_acc_k of every prefix model y_k, on the validation data (else the training data).
+    freeze_rows: (parameter, index) pairs held exactly as they are (duat.branches.branch_rows:
+        some branches of every stage), on top of what the schedule freezes.
     Returns a FitResult; Ctrl-C returns one with status 'interrupted' instead of raising.
     """
     config = config if config is not None else TrainConfig()
@@ -327,8 +276,12 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
     model.to(device)
     optimizer = make_optimizer(model, config)  # after the move: the state lives on `device`
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    total_steps = config.epochs * steps_per_epoch
-    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+    schedule = resolve_schedule(schedule, model, config.epochs)
+    n = model.config.width if schedule is not None else 1
+    # positions: batches seen, over every pass of an epoch (progressive makes two)
+    per_epoch = len((schedule or _WHOLE).plan(0, config.epochs, n).passes) * steps_per_epoch
+    total_steps = config.epochs * per_epoch
+    warmup_steps = int(round(config.warmup_epochs * per_epoch))
 
     history: list[dict] = []
     start_epoch, step = 0, 0
@@ -348,7 +301,7 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
 
     bar = None
     if progress:
-        bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, unit="step",
+        bar = tqdm(total=total_steps, initial=start_epoch * per_epoch, unit="step",
                    desc="training", dynamic_ncols=True)
 
     def save(epoch: int) -> None:
@@ -376,49 +329,65 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
         answers = [cb(event) for cb in callbacks]
         return any(a == "stop" for a in answers)
 
+    def one_step(x, y, k):  # one optimiser step on the prefix model y_k (k None: the whole model)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+            logits = model(x) if k is None else model(x, branches=k)            # (B, K)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        frozen.mask_grads()                 # frozen rows count neither in the clip nor the step
+        if config.grad_clip is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        frozen.restore()
+        return logits, loss
+
     try:
         for epoch in range(start_epoch, config.epochs):
-            if hasattr(train_loader, "set_epoch"):
-                train_loader.set_epoch(epoch)
+            plan = schedule.plan(epoch, config.epochs, n) if schedule else _WHOLE.plan(epoch, config.epochs, 1)
+            frozen = FrozenRows((frozen_pairs(model, plan) if schedule else []) + list(freeze_rows))
+            first, last = plan.start * per_epoch, plan.stop * per_epoch  # the phase's positions
+            warmup = warmup_steps if last - first == total_steps else min(warmup_steps, last - first)
             model.train()
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), dtype=torch.long, device=device)
-            seen, t0, stopped, checked = 0, time.perf_counter(), False, step
-            for x, y in train_loader:
-                if stop_event is not None and stop_event.is_set():
-                    stopped = True
-                    break
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                lr = lr_at(step, total_steps, warmup_steps, config.lr, config.min_lr)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    logits = model(x)                                           # (B, K)
-                    loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if config.grad_clip is not None:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                step += 1
-                loss_sum += loss.detach() * y.numel()
-                correct += (logits.argmax(1) == y).sum()
-                seen += y.numel()
-                loss_value = None  # read from the device at the logging steps only
-                if step % LOG_EVERY == 0 or step == total_steps:
-                    loss_value, running = torch.stack((loss.detach(), loss_sum)).tolist()
-                    _check_finite(running, epoch + 1, checked, step)
-                    checked = step
-                if bar is not None:
-                    bar.update(1)
-                    if loss_value is not None:
-                        bar.set_postfix(epoch=epoch + 1, loss=f"{loss_value:.3f}", refresh=False)
-                if callbacks and wants_stop(TrainEvent(
-                        "batch", epoch + 1, step, history=history,
-                        loss=loss.detach() if loss_value is None else loss_value)):
-                    stopped = True
+            t0, stopped, updates = time.perf_counter(), False, 0
+            for prefixes in plan.passes:  # the last pass's loss and accuracy are recorded
+                if hasattr(train_loader, "set_epoch"):
+                    train_loader.set_epoch(epoch)
+                loss_sum = torch.zeros((), device=device)
+                correct = torch.zeros((), dtype=torch.long, device=device)
+                seen, checked = 0, step
+                for x, y in train_loader:
+                    if stop_event is not None and stop_event.is_set():
+                        stopped = True
+                        break
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    lr = lr_at(step - first, last - first, warmup, config.lr, config.min_lr)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    for k in prefixes:
+                        logits, loss = one_step(x, y, k)
+                        updates += 1
+                    step += 1
+                    loss_sum += loss.detach() * y.numel()
+                    correct += (logits.argmax(1) == y).sum()
+                    seen += y.numel()
+                    loss_value = None  # read from the device at the logging steps only
+                    if step % LOG_EVERY == 0 or step == total_steps:
+                        loss_value, running = torch.stack((loss.detach(), loss_sum)).tolist()
+                        _check_finite(running, epoch + 1, checked, step)
+                        checked = step
+                    if bar is not None:
+                        bar.update(1)
+                        if loss_value is not None:
+                            bar.set_postfix(epoch=epoch + 1, loss=f"{loss_value:.3f}", refresh=False)
+                    if callbacks and wants_stop(TrainEvent(
+                            "batch", epoch + 1, step, history=history,
+                            loss=loss.detach() if loss_value is None else loss_value)):
+                        stopped = True
+                        break
+                if stopped:
                     break
             if stopped:  # a partial epoch: not recorded, not checkpointed
                 status = "stopped"
@@ -428,11 +397,17 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
             _check_finite(running, epoch + 1, checked, step)
             record = {"epoch": epoch + 1, "step": step, "lr": lr,
                       "train_loss": running / seen, "train_acc": correct.item() / seen,
-                      "train_samples_per_s": seen / max(train_s, 1e-9)}
+                      "train_samples_per_s": seen * len(plan.passes) / max(train_s, 1e-9)}
             if val_loader is not None:
                 val = evaluate(model, val_loader, device, label_smoothing=config.label_smoothing,
                                amp=config.amp)
                 record.update(val_loss=val["loss"], val_acc=val["accuracy"])
+            if schedule is not None:  # every prefix k = 1..n, on the validation data if any
+                record.update(schedule=schedule.name, phase=plan.phase, updates=updates,
+                              **prefix_metrics(model, val_loader if val_loader is not None
+                                               else train_loader,
+                                               label_smoothing=config.label_smoothing,
+                                               amp=config.amp))
             record["epoch_s"] = time.perf_counter() - t0
             history.append(record)
             epochs_done = epoch + 1
@@ -455,6 +430,9 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
             bar.close()
     return FitResult(model=model, history=history, status=status, epochs_completed=epochs_done,
                      step=step, checkpoint=last_saved, wall_time_s=time.perf_counter() - t_start)
+
+
+_WHOLE = Schedule("joint")  # the plain loop's plan: one pass, one phase, nothing frozen
 
 
 def _check_finite(loss_sum: float, epoch: int, checked: int, step: int) -> None:
