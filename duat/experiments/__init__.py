@@ -19,6 +19,9 @@ profiles. The fifth is the fine-tuning experiment (duat.experiments.finetune).
                         images; accuracy is also reported above chance, (acc - 1/k) / (1 - 1/k).
     finetune            a pre-trained serial ViT's blocks in Para-Former-m-n layouts, against
                         the same architectures from scratch, with a few examples per class.
+    progressive         the follow-up paper (docs/method.md section 7): the loss of every prefix
+                        model under three training schedules, compression by keeping the best
+                        branches, and expansion for a second task (duat.experiments.progressive).
 
 Profiles: `quick` (bundled digits, tiny models with 4x4 patches, one CPU thread, a few
 seeds; each experiment fits in minutes on a 2-core CPU) and `full` (CIFAR-10, the 'small'
@@ -41,7 +44,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from duat.experiments import finetune
+from duat.experiments import finetune, progressive
 from duat.experiments.plots import format_summary, label, plot_sweep, results_frame
 from duat.experiments.runs import bootstrap_interval, default_output_dir, results_folder, stats
 from duat.experiments.sweeps import (CLASS_COUNTS, EXPERIMENTS, FRACTIONS, GRID_M, GRID_N,
@@ -54,7 +57,7 @@ from duat.storage import PARTIAL  # an unfinished run's records (see --resume)
 
 __all__ = ["CLASS_COUNTS", "EXPERIMENTS", "FRACTIONS", "GRID_M", "GRID_N", "GROUP_KEYS", "PARTIAL",
            "WIDTHS", "Experiment", "Plan", "add_arguments", "bootstrap_interval", "compare_results",
-           "default_output_dir", "finetune", "format_summary", "get_experiment", "label",
+           "default_output_dir", "finetune", "format_summary", "progressive", "get_experiment", "label",
            "list_experiments", "load_results", "missing_configurations", "plot_results",
            "plot_sweep", "results_folder", "results_frame", "run", "run_experiment", "stats",
            "summarize", "twin_differences", "write_results"]
@@ -64,7 +67,7 @@ __all__ = ["CLASS_COUNTS", "EXPERIMENTS", "FRACTIONS", "GRID_M", "GRID_N", "GROU
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("experiment", nargs="?", help=f"one of: {', '.join(EXPERIMENTS)}, finetune, "
-                                                         "or 'all' (the first four)")
+                                                         "progressive, or 'all' (the first four)")
     parser.add_argument("--list", action="store_true", help="list the experiments and exit")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--quick", action="store_const", const="quick", dest="profile",
@@ -117,15 +120,19 @@ def run(args: argparse.Namespace) -> int:
             print(f"{e.name:20s} {e.title}")
         print(f"{'finetune':20s} Pre-trained serial ViT into Para-Former-m-n vs scratch, "
               f"limited data (duat.experiments.finetune)")
+        print(f"{'progressive':20s} Prefix models under three schedules, compression by keeping "
+              f"branches, expansion for a new task (duat.experiments.progressive)")
         if not args.list:
             print("\nusage: duat reproduce EXPERIMENT [--quick | --full]", file=sys.stderr)
             return 2
         return 0
     if args.experiment == "finetune":          # its own kind of experiment (not part of 'all')
         return _run_finetune(args)
+    if args.experiment == "progressive":       # likewise
+        return _run_progressive(args)
     if args.experiment != "all" and args.experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {args.experiment!r}; known experiments: "
-                         f"{', '.join([*EXPERIMENTS, 'finetune'])}, or 'all' "
+                         f"{', '.join([*EXPERIMENTS, 'finetune', 'progressive'])}, or 'all' "
                          f"(see `duat reproduce --list`)")
     names = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
     if len(names) > 1 and (args.out or args.compare):
@@ -185,4 +192,26 @@ def _run_finetune(args: argparse.Namespace) -> int:
         print(finetune.format_table(results["summary"]))
     print(f"\nfine-tuning from a pre-trained serial ViT ({chosen} profile, "
           f"{len(results['runs'])} runs, {results['wall_time_s']:.0f} s)")
+    return 0
+
+
+def _run_progressive(args: argparse.Namespace) -> int:
+    """`duat reproduce progressive`: the common options, handed to
+    duat.experiments.progressive.run_experiment (the finetune-only ones are refused)."""
+    if args.compare:
+        raise ValueError("--compare is not supported for the progressive experiment")
+    extra = [o for o, v in (("--weights", args.weights), ("--arch", args.arch),
+                            ("--datasets", args.datasets), ("--per-class", args.per_class),
+                            ("--layouts", args.layouts), ("--select", args.select)) if v]
+    if extra:
+        raise ValueError(f"{', '.join(extra)}: only `duat reproduce finetune` takes these")
+    chosen = check_profile(args.profile)
+    results = progressive.run_experiment(
+        chosen, out=args.out, overwrite=args.overwrite, seeds=args.seeds,
+        progress=not args.no_progress, resume=args.resume, device=args.device,
+        threads=args.threads, data_root=args.data_root,
+        download=False if args.no_download else None)
+    print(f"\n{progressive.format_report(results)}")
+    print(f"results in {results['out']}/ ({chosen} profile, {results['wall_time_s']:.0f} s "
+          f"on {results['device']})")
     return 0

@@ -221,3 +221,107 @@ def format_carry_over(rows: list[dict]) -> str:
                      f"{f(r.get('source_scratch_after')):>7} {r['agreement']:>9.3f} "
                      f"{r['feature_cosine']:>7.3f}  {r['placement']}")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- progressive
+
+def _where(results: dict) -> str:
+    seeds = len(results["spec"]["seeds"])
+    return (f"{results['environment'].get('device_name', results['device'])}, "
+            f"{results['profile']} profile, {seeds} seed{'s' if seeds != 1 else ''}")
+
+
+def prefix_frame(results: dict) -> pd.DataFrame:
+    """One row per seed, schedule, epoch and prefix k: the validation loss and accuracy of y_k."""
+    rows = []
+    for r in results["schedules"]:
+        for h in r["history"]:
+            for k in range(1, r["width"] + 1):
+                rows.append({"seed": r["seed"], "schedule": r["schedule"], "epoch": h["epoch"],
+                             "k": k, "val_loss": h[f"prefix_loss_{k}"],
+                             "val_acc": h[f"prefix_acc_{k}"]})
+    return pd.DataFrame(rows)
+
+
+def plot_prefix_curves(results: dict):
+    """Validation loss of every prefix model y_k through training, one panel per schedule
+    (mean over seeds): does each branch lower what the earlier ones leave?"""
+    df = prefix_frame(results)
+    schedules = list(dict.fromkeys(df["schedule"]))
+    fig, axes = plt.subplots(1, len(schedules), figsize=(4.2 * len(schedules), 3.6), sharey=True,
+                             squeeze=False)
+    for ax, name in zip(axes[0], schedules):
+        sns.lineplot(data=df[df["schedule"] == name], x="epoch", y="val_loss", hue="k",
+                     palette="viridis", errorbar=None, ax=ax, legend=ax is axes[0][-1])
+        ax.set(title=name, yscale="log", xlabel="epoch", ylabel="validation loss of y_k")
+    axes[0][-1].legend(title="prefix k", fontsize=7, loc="upper right")
+    fig.suptitle(f"Loss of every prefix y_k = x + sum_(i<=k) f_i(x) ({_where(results)})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_compression(results: dict):
+    """Test accuracy of the k best branches against parameters, per scoring method (mean +-
+    sd over seeds; the leave-one-out choice also after brief fine-tuning), one panel per
+    training schedule; last panel: the measured batch-1 latency of each width k (median,
+    quartile bars)."""
+    rows = []
+    for r in results["compression"]:
+        rows.append({"trained": r["trained"], "method": r["method"], "params": r["params"],
+                     "test_acc": r["test_acc"]})
+        if r.get("test_acc_finetuned") is not None:
+            rows.append({"trained": r["trained"], "method": "loo + fine-tuning",
+                         "params": r["params"], "test_acc": r["test_acc_finetuned"]})
+    df = pd.DataFrame(rows)
+    trained = list(dict.fromkeys(df["trained"]))
+    fig, axes = plt.subplots(1, len(trained) + 1, figsize=(4.4 * (len(trained) + 1), 3.8))
+    for ax, name in zip(axes, trained):
+        sns.lineplot(data=df[df["trained"] == name], x="params", y="test_acc", hue="method",
+                     style="method", markers=True, dashes=False, errorbar=("sd", 1),
+                     err_style="bars", ax=ax, legend=ax is axes[0])
+        ax.xaxis.set_major_formatter(lambda v, _: f"{v / 1e3:g}k")
+        ax.set(xlabel="parameters kept", ylabel="test accuracy", ylim=(0, 1),
+               title=f"trained {name}: keep the k best branches")
+    axes[0].legend(fontsize=7, loc="lower right")
+    lat = pd.DataFrame(results["latency"])
+    ax = axes[-1]
+    ax.errorbar(lat["k"], lat["median_ms"], yerr=[lat["median_ms"] - lat["p25_ms"],
+                                                  lat["p75_ms"] - lat["median_ms"]],
+                marker="o", capsize=3)
+    ax.set(xlabel="branches kept k", ylabel="latency, batch 1 (ms)", ylim=(0, None),
+           title=f"measured on {lat['device'].iloc[0]}")
+    fig.suptitle(f"Compression by keeping branches ({_where(results)})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def forgetting_rows(results: dict) -> list[dict]:
+    """Per seed and method: accuracy on A before and after B, forgetting, accuracy on B."""
+    rows = []
+    for r in results["expansion"]:
+        for method, a_key, b_key in (("expansion (prefix y_a for A)", "expansion_a_prefix", "expansion_b"),
+                                     ("expansion (whole model for A)", "expansion_a_whole", "expansion_b"),
+                                     ("fine-tuning", "finetune_a", "finetune_b")):
+            rows.append({"seed": r["seed"], "method": method, "a_before": r["a_before"],
+                         "a_after": r[a_key], "forgetting": r["a_before"] - r[a_key],
+                         "b_after": r[b_key]})
+    return rows
+
+
+def plot_forgetting(results: dict):
+    """Accuracy on task A before and after learning task B, and on B, per method (bars:
+    mean over seeds; dots: seeds)."""
+    df = pd.DataFrame(forgetting_rows(results))
+    long = df.melt(id_vars=["seed", "method"], value_vars=["a_before", "a_after", "b_after"],
+                   var_name="measure", value_name="accuracy")
+    long["measure"] = long["measure"].map({"a_before": "A, before B", "a_after": "A, after B",
+                                           "b_after": "B, after B"})
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    sns.barplot(data=long, x="method", y="accuracy", hue="measure", errorbar=None, ax=ax)
+    sns.stripplot(data=long, x="method", y="accuracy", hue="measure", dodge=True,
+                  palette=["k"] * 3, size=3, alpha=0.5, legend=False, ax=ax)
+    ax.set(ylim=(0, 1.05), xlabel="", ylabel="task accuracy (its own classes' logits)")
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title(f"Learning task B after task A ({_where(results)})", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -3,6 +3,7 @@
     duat train --model pf-1-8 --dataset digits --epochs 20
     duat train --model vit-4 --dataset digits --fraction 0.25 --out runs/vit4-quarter
     duat train --model vit-4 --dataset digits --fraction 0.25 --out runs/vit4-quarter --epochs 40 --resume
+    duat train --model pf-1-8 --schedule progressive     # or branchwise (duat.training.schedules)
 
 A run writes into its folder (default runs/<model>-<dataset>-seed<seed>): checkpoint.pt
 (after every epoch, atomically), history.csv (loss / accuracy / throughput per epoch),
@@ -26,6 +27,7 @@ from duat.registry import create_model, model_config
 from duat.runtime import environment_info, seed_everything, select_device
 from duat.storage import atomic_write_json, prepare_output_dir, write_csv, write_figure
 from duat.training.engine import TrainConfig, evaluate, fit, load_checkpoint
+from duat.training.schedules import SCHEDULES, Schedule
 from duat.training.live import plot_history
 
 
@@ -45,6 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--num-classes", type=int, default=None, help="keep this many classes (chosen by the seed)")
     t = parser.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--schedule", default="joint", choices=SCHEDULES,
+                   help="joint (every step on the whole model, default); progressive (every batch: "
+                        "one step per prefix k = 1..n, then a whole-model pass); branchwise (one "
+                        "phase per branch, the earlier ones frozen). Every epoch records each prefix's "
+                        "validation loss and accuracy")
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")
     t.add_argument("--min-lr", type=float, default=0.0, help="end of the cosine decay")
@@ -93,8 +100,12 @@ def run(args: argparse.Namespace) -> int:
                        num_classes=args.num_classes, seed=args.seed)
     seed_everything(args.seed)
     model = create_model(args.model, args.size, **splits.model_kwargs(), **overrides)
-    if args.resume:
-        load_checkpoint(ckpt, model)  # refuse another architecture before anything is written
+    Schedule(args.schedule).check(config.epochs, model.config.width)
+    if args.resume:  # refuse another architecture or schedule before anything is written
+        saved = load_checkpoint(ckpt, model)["extra"].get("schedule", "joint")
+        if saved != args.schedule:
+            raise ValueError(f"the run in {out} was trained with --schedule {saved}; resume it "
+                             f"with the same schedule")
     else:
         prepare_output_dir(out, overwrite=args.overwrite)
     train_loader, val_loader, test_loader = splits.loaders(args.batch_size, seed=args.seed)
@@ -106,11 +117,14 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = fit(model, train_loader, val_loader, config, checkpoint=ckpt, resume=args.resume,
                  progress=not args.no_progress,
-                 extra={"model": args.model, "size": args.size, "data": splits.config})
+                 schedule=args.schedule,
+                 extra={"model": args.model, "size": args.size, "data": splits.config,
+                        "schedule": args.schedule})
     test = evaluate(model, test_loader, label_smoothing=config.label_smoothing, amp=config.amp)
 
     record = {
         "command": "train", "status": result.status, "model": args.model, "size": args.size,
+        "schedule": args.schedule,
         "params": params, "seed": args.seed, "device": str(device),
         "config": {"model": model.config.to_dict() if hasattr(model, "config") else None,
                    "train": asdict(config), "data": splits.config, "batch_size": args.batch_size},

@@ -349,7 +349,8 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
             plan = schedule.plan(epoch, config.epochs, n) if schedule else _WHOLE.plan(epoch, config.epochs, 1)
             frozen = FrozenRows((frozen_pairs(model, plan) if schedule else []) + list(freeze_rows))
             first, last = plan.start * per_epoch, plan.stop * per_epoch  # the phase's positions
-            warmup = warmup_steps if last - first == total_steps else min(warmup_steps, last - first)
+            # a phase shorter than the run (branchwise) warms up for at most half of itself
+            warmup = warmup_steps if last - first == total_steps else min(warmup_steps, (last - first) // 2)
             model.train()
             t0, stopped, updates = time.perf_counter(), False, 0
             for prefixes in plan.passes:  # the last pass's loss and accuracy are recorded
