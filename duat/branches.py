@@ -1,5 +1,5 @@
-"""A Para-Former's branches one by one: keep some, add some, remove one for a moment, and
-name the tensors that hold them. docs/method.md section 7 (progressive approximation).
+"""A Para-Former's branches one by one: keep some, add some, and name the tensors that
+hold them (what each branch does is duat.inside). docs/method.md section 7 (progressive approximation).
 
 Every stage computes y = x + sum_i f_i(x). Because the branches only meet in that sum,
 a model made of a subset of them is again a Para-Former, of smaller width:
@@ -7,8 +7,6 @@ a model made of a subset of them is again a Para-Former, of smaller width:
     small = keep_branches(model, 2)                 # the first 2 branches of every stage
     small = keep_branches(model, [[3, 0], [1, 2]])  # chosen ones, per stage (same count)
     big = expand(model, 2)                          # 2 fresh branches after the old ones
-    with branch_removed(model, stage=0, branch=3):  # f_3 of stage 0 contributes 0
-        ...
     branch_rows(model, range(2))                    # (parameter, rows) holding branches 0, 1
 
 A kept or expanded model is an ordinary ParaFormer with its own config (width = the new
@@ -17,10 +15,9 @@ like any other. The stage type (batched or reference), device, dtype and mode ar
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 from dataclasses import replace
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -28,9 +25,6 @@ import torch.nn as nn
 from duat.paraformer import (_STACKED, Block, ParaFormer, ParallelStage, ReferenceStage,
                              _block_from_config, _init_weights)
 
-# What a branch adds to the sum is a_i + m_i, and both end in a linear layer: with these
-# four tensors at zero, f_i(x) = 0 for every x.
-_OUTPUT = ("attn.proj.weight", "attn.proj.bias", "mlp.fc2.weight", "mlp.fc2.bias")
 _SHAPE_FIELDS = ("dim", "heads", "mlp_ratio", "norm_eps", "qkv_bias", "depth")
 
 
@@ -154,51 +148,3 @@ def branch_rows(model: ParaFormer, branches: Sequence[int]) -> list[tuple[nn.Par
         else:
             pairs += [(p, ...) for i in branches for p in stage.blocks[i].parameters()]
     return pairs
-
-
-def _output_tensors(stage: nn.Module, branch: int) -> list[torch.Tensor]:
-    """Views of the four tensors that end branch `branch`'s two sub-layers."""
-    if isinstance(stage, ParallelStage):
-        names = {path: name for name, path in _STACKED}
-        return [getattr(stage, names[path]).data[branch] for path in _OUTPUT]
-    block = stage.blocks[branch]
-    return [block.get_parameter(path).data for path in _OUTPUT]
-
-
-@contextlib.contextmanager
-def branch_removed(model: ParaFormer, stage: int, branch: int) -> Iterator[ParaFormer]:
-    """Inside the block, branch `branch` of stage `stage` adds exactly 0 (its output
-    projections are zeroed); its weights are put back afterwards, also on error."""
-    pf = _paraformer(model)
-    m, n = pf.config.depth, pf.config.width
-    if not (0 <= stage < m and 0 <= branch < n):
-        raise ValueError(f"no branch {branch} in stage {stage}: the model has stages 0..{m - 1} "
-                         f"of branches 0..{n - 1}")
-    tensors = _output_tensors(pf.stages[stage], branch)
-    saved = [t.clone() for t in tensors]
-    for t in tensors:
-        t.zero_()
-    try:
-        yield pf
-    finally:
-        for t, s in zip(tensors, saved):
-            t.copy_(s)
-
-
-@torch.no_grad()
-def update_norms(model: ParaFormer, x: torch.Tensor) -> torch.Tensor:
-    """(m, n): the root-mean-square size of every branch's update f_i on the images x, each
-    stage fed by the stages before it (eval mode; the model's mode is restored)."""
-    pf = _paraformer(model)
-    was = pf.training
-    pf.eval()
-    try:
-        h = pf.forward_tokens(x)                                   # (B, T, D)
-        rows = []
-        for stage in pf.stages:
-            u = stage.branch_updates(h)                            # (n, B, T, D)
-            rows.append(u.float().pow(2).mean(dim=(1, 2, 3)).sqrt())
-            h = stage(h)
-    finally:
-        pf.train(was)
-    return torch.stack(rows)

@@ -15,6 +15,17 @@ takes such a sum apart, for a batch of images:
     unroll_paraformer(model, x0)    the DUAT terms of section 3, one per (stage, branch)
     dynamic_spread(model, images)   duat.theory.unroll.parameter_spread of those terms
 
+and, for compression (docs/method.md section 7: a model of some branches is a smaller
+Para-Former, duat.branches.keep_branches), which branches are worth keeping:
+
+    score_branches(model, val_loader, "loo")   (m, n) scores, higher = keep: the loss rise
+                                    without the branch ("loo"), |f_i(x)| ("norm"), or the
+                                    training order ("first": the prefix model y_k)
+    compress(model, k, scores)      a new Para-Former-m-k of the k best branches per stage
+
+Score on held-out data that is not the test set (the experiments use the validation
+split), so that choosing the branches does not peek at the test score.
+
 Every function works in eval mode (the model's own mode is restored afterwards) and without
 gradients. The per-branch updates come from the stage's own `branch_updates`, the attention
 maps and DUAT terms from duat.theory (mvm and unroll): nothing here recomputes a layer its
@@ -28,6 +39,8 @@ from typing import Iterable, Iterator
 
 import torch
 
+from duat.branches import keep_branches
+from duat.checks import one_of, whole
 from duat.paraformer import ParaFormer, ParallelStage, ReferenceStage
 from duat.runtime import threads
 from duat.theory.mvm import kit_attention_maps
@@ -221,3 +234,64 @@ def dynamic_spread(model: ParaFormer, images: torch.Tensor) -> list[dict]:
     for row, (s, i) in zip(rows, term_labels(model)):
         row["stage"], row["branch"] = s, i
     return rows
+
+
+# ----------------------------------------------------------------------------- compression
+
+SCORES = ("loo", "norm", "first")
+
+
+def score_branches(model: ParaFormer, loader: Iterable, method: str = "loo",
+                   images: int = 256) -> torch.Tensor:
+    """(m, n) scores of every branch of every stage; a higher score means more worth keeping.
+
+    loo: loss without the branch minus the loss with all (over `loader`, in eval mode).
+    norm: |f_i(x)| (update_norms), root-mean-square over the first `images` images of
+    `loader`. first: n - i.
+    """
+    method = one_of("method", method, SCORES)
+    _check_model(model)
+    m, n = model.config.depth, model.config.width
+    if method == "first":
+        return torch.arange(n, 0, -1, dtype=torch.float64).repeat(m, 1)
+    if method == "norm":
+        images = whole("images", images)
+        device = next(model.parameters()).device
+        xs, seen = [], 0
+        for x, _ in loader:
+            xs.append(x)
+            seen += len(x)
+            if seen >= images:
+                break
+        if not xs:
+            raise ValueError("the loader yielded no images to score the branches on")
+        x = torch.cat(xs)[:images].to(device)
+        return torch.stack([u.double().pow(2).mean(1).sqrt() for u in update_norms(model, x)]).cpu()
+    base = evaluate(model, loader)["loss"]
+    return torch.tensor([[evaluate(without_branch(model, s, i), loader)["loss"] - base
+                          for i in range(n)] for s in range(m)], dtype=torch.float64)
+
+
+def best_branches(scores: torch.Tensor, k: int) -> list[list[int]]:
+    """The k best-scoring branches of every stage, in their original order (ties: the
+    earlier branch)."""
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 2:
+        raise ValueError("scores must be an (m, n) tensor, as score_branches returns")
+    n = scores.shape[1]
+    k = whole("k", k)
+    if k > n:
+        raise ValueError(f"cannot keep {k} branches per stage: the scores have n = {n}")
+    out = []
+    for row in scores:
+        order = sorted(range(n), key=lambda i: (-float(row[i]), i))[:k]
+        out.append(sorted(order))
+    return out
+
+
+def compress(model: ParaFormer, k: int, scores: torch.Tensor) -> ParaFormer:
+    """A new Para-Former-m-k of the k best branches of every stage (`model` unchanged)."""
+    m, n = model.config.depth, model.config.width
+    if tuple(scores.shape) != (m, n):
+        raise ValueError(f"scores of shape {tuple(scores.shape)} do not fit a model with "
+                         f"m = {m} stages of n = {n} branches")
+    return keep_branches(model, best_branches(scores, k))

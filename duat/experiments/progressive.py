@@ -9,7 +9,7 @@ For every seed, four units of work, each kept in partial.json when done (--resum
         prefix model y_k, and the end the test accuracy of every y_k. Question: does each
         branch reduce what the earlier ones leave?
         The joint unit then compresses its model: the branches scored three ways on the
-        validation split (duat.training.compression: leave-one-out loss, |f_i|, training
+        validation split (duat.inside.score_branches: leave-one-out loss, |f_i|, training
         order), the best k kept for k = 1..n, each scored on the test split as it is and,
         for the leave-one-out choice, after a brief fine-tuning. The latency of each width k
         is measured once (batch 1, median and quartiles of `timing_calls` calls).
@@ -49,7 +49,7 @@ from duat.registry import create_model
 from duat.runtime import environment_info, profile as check_profile, seed_everything, select_device
 from duat.runtime import threads as using_threads
 from duat.storage import finish_partial, open_run_dir, save_partial
-from duat.training.compression import SCORES, best_branches, compress, score_branches
+from duat.inside import SCORES, best_branches, compress, score_branches
 from duat.training.engine import TrainConfig, evaluate, fit
 from duat.training.schedules import SCHEDULES, FRONT
 
