@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from duat.branches import branch_removed, branch_rows, expand, keep_branches, update_norms
+from duat import inside
+from duat.branches import branch_rows, expand, keep_branches
 from duat.paraformer import _STACKED, ParaFormer, ParallelStage, ReferenceStage
 from duat.training import TrainConfig, evaluate, fit, load_checkpoint
 from duat.training.schedules import FRONT, SCHEDULES, Schedule
@@ -106,8 +107,7 @@ def test_kept_lists_equal_a_model_built_by_hand(stage):
     assert not small.training
     with torch.no_grad():
         torch.testing.assert_close(small(x), by_hand(x), atol=TOL, rtol=0)
-        # the chosen order matters: [0, 2] in stage 0 is another sum order, same function
-        assert (small(x) - model(x)).abs().max() > 1e-3  # not the full model
+        assert (small(x) - model(x)).abs().max() > 1e-3  # a model of its own, not the full one
 
 
 def test_keep_branches_leaves_the_model_unchanged_and_copies():
@@ -233,7 +233,7 @@ def test_expand_with_a_seed_leaves_the_global_rng_alone(stage):
 @pytest.mark.xfail(strict=True, reason="duat bug: expand(model, e) without a seed forks the "
                    "RNG and never advances it, so two calls add the same 'fresh' branches")
 def test_expand_without_a_seed_draws_new_branches_each_call():
-    model = model_of(1, 1)
+    model = model_of(1, 1, "reference")  # a batched one hides it: see the RNG test above
     torch.manual_seed(0)
     a = expand(model, 1)
     b = expand(model, 1)
@@ -320,7 +320,7 @@ def test_branchwise_freezes_branch_0_and_the_front_end_in_phase_2(stage):
                          config=trainer(2))
     assert [r["phase"] for r in result.history] == [1, 2]
     assert seen, "no epoch event after epoch 1"
-    assert front().keys() == seen["front"].keys() and len(seen["front"]) == 3
+    assert front().keys() == seen["front"].keys() and len(seen["front"]) == 4  # conv weight, bias, class token, positions
     for name, p in front().items():
         assert torch.equal(p, seen["front"][name]), name
     assert not torch.equal(model.head.weight, seen["head"])        # the head trains in phase 2
@@ -333,6 +333,23 @@ def test_branchwise_freezes_branch_0_and_the_front_end_in_phase_2(stage):
         assert any(not torch.equal(p, old1[name]) for name, p in new1)  # branch 1: trained
 
 
+@pytest.mark.parametrize("stage", [
+    "reference",
+    pytest.param("batched", marks=pytest.mark.xfail(strict=True, reason=(
+        "duat bug: branch 1's rows share a stacked tensor with branch 0, get a zero (not a "
+        "None) gradient in phase 1, so AdamW's weight decay shrinks them; a reference "
+        "stage's block 1 has no gradient and stays as it was"))),
+])
+def test_branchwise_phase_1_leaves_the_later_branches_alone(stage):
+    model = model_of(1, 2, stage)
+    before = copy.deepcopy(model.blocks()[0][1])
+    stop = lambda event: "stop" if event.kind == "epoch" else None   # after phase 1
+    fit_quietly(model, batches(1), schedule="branchwise", callbacks=[stop], config=trainer(2))
+    after = dict(model.blocks()[0][1].named_parameters())
+    for name, p in before.named_parameters():
+        assert torch.equal(after[name], p), name
+
+
 # ----------------------------------------------------------------------------- schedules
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
@@ -341,7 +358,7 @@ def test_every_schedule_lowers_the_loss_and_records_every_prefix(schedule):
     loader = batches(2, size=16, seed=4)
     start = evaluate(model, loader)["loss"]
     result = fit_quietly(model, loader, schedule=schedule,
-                         config=TrainConfig(epochs=6, lr=3e-3, weight_decay=0.0, **CPU))
+                         config=TrainConfig(epochs=6, lr=1e-2, weight_decay=0.0, **CPU))
     end = evaluate(model, loader)["loss"]
     assert result.status == "completed" and len(result.history) == 6
     assert end < 0.8 * start, (start, end)
@@ -401,60 +418,44 @@ def test_a_compressed_model_saves_loads_and_converts(tmp_path):
 
 # ----------------------------------------------------------------------------- removing a branch
 
+# duat.inside.without_branch (a copy with f_i zeroed) is the model of the other branches
+# (duat.branches.keep_branches), and update_norms sees the removed branch as 0.
+
+
 @pytest.mark.parametrize("stage", STAGES)
-def test_a_removed_branch_is_the_model_without_it(stage):
+def test_without_a_branch_is_the_model_of_the_others(stage):
     model = model_of(1, 3, stage)
     before = snapshot(model)
     x = images(3)
     with torch.no_grad():
         full = model(x)
         for b in range(3):
-            others = [[i for i in range(3) if i != b]]
-            with branch_removed(model, 0, b) as inside:
-                assert inside is model
-                without = model(x)
-            torch.testing.assert_close(without, keep_branches(model, others)(x), atol=1e-5, rtol=0)
-            assert (without - full).abs().max() > 1e-4
-            assert torch.equal(model(x), full)
+            dropped = inside.without_branch(model, 0, b)
+            others = keep_branches(model, [[i for i in range(3) if i != b]])
+            torch.testing.assert_close(dropped(x), others(x), atol=1e-5, rtol=0)
+            assert (dropped(x) - full).abs().max() > 1e-4
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-
-
-def test_a_removed_branch_comes_back_after_an_error():
-    model = model_of(2, 2)
-    before = snapshot(model)
-    with pytest.raises(RuntimeError, match="boom"):
-        with branch_removed(model, 1, 1):
-            assert torch.count_nonzero(model.stages[1].fc2_weight[1]) == 0
-            raise RuntimeError("boom")
-    after = model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
-
-
-@pytest.mark.parametrize("stage_, branch", [(2, 0), (0, 3), (-1, 0), (0, -1)])
-def test_removing_a_branch_that_is_not_there_is_refused(stage_, branch):
-    model = model_of(2, 3)
-    with pytest.raises(ValueError, match=f"no branch {branch} in stage {stage_}"):
-        with branch_removed(model, stage_, branch):
-            pass
+    for stage_, branch in [(1, 0), (0, 3), (-1, 0), (0, True)]:
+        with pytest.raises(ValueError, match="must be an int in"):
+            inside.without_branch(model, stage_, branch)
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_update_norms(stage):
+def test_update_norms_are_positive_and_zero_for_a_removed_branch(stage):
     model = model_of(2, 3, stage).train()
     x = images(4)
-    norms = update_norms(model, x)
-    assert norms.shape == (2, 3) and (norms > 0).all()
+    norms = inside.update_norms(model, x)
+    assert [tuple(n.shape) for n in norms] == [(3, 4), (3, 4)]
+    assert all((n > 0).all() for n in norms)
     assert model.training                                    # the mode is restored
-    with branch_removed(model, 1, 2):
-        gone = update_norms(model, x)
-    assert gone[1, 2] == 0
-    torch.testing.assert_close(gone[0], norms[0], atol=0, rtol=0)   # stage 0 does not see it
-    # by hand: the RMS of each block's update, each stage fed by the ones before
-    with torch.no_grad():
+    gone = inside.update_norms(inside.without_branch(model, 1, 2), x)
+    assert torch.equal(gone[1][2], torch.zeros(4))
+    assert torch.equal(gone[0], norms[0])                    # stage 0 does not see it
+    with torch.no_grad():  # by hand: |f_i(x)| per image, each stage fed by the ones before
         model.eval()
         h = model.forward_tokens(x)
         for s, blocks in enumerate(model.blocks()):
-            want = torch.stack([b.residual(h).pow(2).mean().sqrt() for b in blocks])
+            want = torch.stack([b.residual(h).flatten(1).norm(dim=1) for b in blocks])
             torch.testing.assert_close(norms[s], want, atol=1e-5, rtol=1e-5)
             h = model.stages[s](h)
