@@ -15,6 +15,7 @@ like any other. The stage type (batched or reference), device, dtype and mode ar
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import replace
 from typing import Sequence
@@ -62,6 +63,13 @@ def _keep_lists(keep, depth: int, n: int) -> list[list[int]]:
     return lists
 
 
+def _blocks(model: ParaFormer) -> list[list[Block]]:
+    """model.blocks() without touching the global RNG (a batched stage's Blocks are built
+    anew, and a new Block draws its initial weights before they are overwritten)."""
+    with torch.random.fork_rng(devices=[]):
+        return model.blocks()
+
+
 def _stage_from(like: nn.Module, blocks: list[Block]) -> nn.Module:
     return ParallelStage(blocks) if isinstance(like, ParallelStage) else ReferenceStage(blocks)
 
@@ -90,7 +98,7 @@ def keep_branches(model: ParaFormer, keep: int | Sequence[Sequence[int]]) -> Par
     """
     pf = _paraformer(model)
     lists = _keep_lists(keep, pf.config.depth, pf.config.width)
-    every = pf.blocks()  # copies for batched stages; the modules themselves for reference ones
+    every = _blocks(pf)
     chosen = [[copy.deepcopy(every[s][i]) for i in idx] for s, idx in enumerate(lists)]
     return _with_stages(pf, chosen)
 
@@ -111,9 +119,12 @@ def expand(model: ParaFormer, extra: int | ParaFormer, seed: int | None = None) 
         if diff:
             raise ValueError("cannot expand with branches of another shape (token width D, "
                              "heads, MLP width, depth m must match): " + "; ".join(diff))
-        added = [[copy.deepcopy(b) for b in stage] for stage in extra.blocks()]
+        added = [[copy.deepcopy(b) for b in stage] for stage in _blocks(extra)]
     elif isinstance(extra, int) and not isinstance(extra, bool) and extra >= 1:
-        with torch.random.fork_rng(devices=[]):
+        # with a seed, a fork of the RNG (the global one untouched); without, the global RNG,
+        # as when a new model is built
+        rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
+        with rng:
             if seed is not None:
                 torch.manual_seed(seed)
             added = [[_block_from_config(c) for _ in range(extra)] for _ in range(c.depth)]
@@ -123,7 +134,7 @@ def expand(model: ParaFormer, extra: int | ParaFormer, seed: int | None = None) 
     else:
         raise ValueError(f"extra must be a number of branches >= 1 or a ParaFormer, got {extra!r}")
     p = next(pf.parameters())
-    old = pf.blocks()
+    old = _blocks(pf)
     blocks = [[copy.deepcopy(b) for b in old[s]] + [b.to(p.device, p.dtype) for b in added[s]]
               for s in range(c.depth)]
     return _with_stages(pf, blocks)

@@ -9,8 +9,9 @@ some rows of a stacked weight exactly.
                  commit cb830b6; they clip the gradient in the first pass only, we in both,
                  and they train at a constant learning rate)
     branchwise   n phases; phase k trains branch k of every stage (with the final norm and
-                 the head) on the prefix model y_k, branches < k and the front end frozen:
-                 each new branch learns what the earlier ones leave
+                 the head) on the prefix model y_k, the other branches and (after phase 1)
+                 the front end held fixed: each new branch learns what the earlier ones
+                 leave, and the later ones wait at their initial weights
 
 duat.training.fit(model, ..., schedule="progressive") runs one; the epochs are split over
 the phases of branchwise (epochs >= n), and the learning-rate warm-up and cosine decay run
@@ -46,7 +47,7 @@ class EpochPlan:
     phase: int                 # 1-based phase (branchwise: the branch trained; else 1)
     start: int                 # the phase's first epoch (0-based) ...
     stop: int                  # ... and one past its last: the LR schedule runs over these
-    frozen_branches: int = 0   # branches 0..f-1 of every stage are frozen
+    frozen_branches: tuple = () # these branches of every stage are held fixed
     freeze_front: bool = False # the patch embedding, class token and position embedding too
 
 
@@ -81,7 +82,8 @@ class Schedule:
             return EpochPlan((tuple(range(1, n + 1)), (None,)), 1, 0, epochs)
         for p, (start, stop) in enumerate(self.phases(epochs, n), 1):
             if start <= epoch < stop:
-                return EpochPlan(((p,),), p, start, stop, frozen_branches=p - 1, freeze_front=p > 1)
+                others = tuple(i for i in range(n) if i != p - 1)
+                return EpochPlan(((p,),), p, start, stop, frozen_branches=others, freeze_front=p > 1)
         raise ValueError(f"epoch {epoch} is outside 0..{epochs - 1}")
 
 
@@ -122,7 +124,7 @@ class FrozenRows:
 
 def frozen_pairs(model: ParaFormer, plan: EpochPlan) -> list[tuple[nn.Parameter, object]]:
     """The (parameter, index) pairs an epoch of `plan` freezes."""
-    pairs = branch_rows(model, range(plan.frozen_branches))
+    pairs = branch_rows(model, plan.frozen_branches)
     if plan.freeze_front:
         pairs += [(p, ...) for name, p in model.named_parameters() if name.split(".")[0] in FRONT]
     return pairs
