@@ -174,3 +174,22 @@ def test_committed_quick_results_are_consistent(monkeypatch):
     assert len(results["schedules"]) == 3 * len(spec["seeds"])
     assert len(results["expansion"]) == len(spec["seeds"]) >= 3
     assert all(e["expansion_a_logits_identical"] for e in results["expansion"])
+
+
+@pytest.mark.parametrize("budget", [None, 16])
+def test_the_batched_prefix_never_touches_the_other_branches(budget, monkeypatch):
+    """Branches k+1..n poisoned with NaN leave y_k finite and unchanged: they are not computed."""
+    from duat.paraformer import ParallelStage
+
+    monkeypatch.setattr(ParallelStage, "cpu_row_budget", budget)
+    torch.manual_seed(0)
+    model = ParaFormer(image_size=8, patch_size=4, dim=16, heads=2, depth=2, width=4).eval()
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        before = model(x, branches=2)
+        for stage in model.stages:
+            for p in stage.parameters():
+                p[2:] = float("nan")
+        after = model(x, branches=2)
+        assert torch.equal(before, after)
+        assert torch.isnan(model(x)).all()

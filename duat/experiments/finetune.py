@@ -40,7 +40,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -51,7 +51,7 @@ from duat.data import dataset_info, load_data
 from duat.experiments.plots import (format_carry_over, format_table, layout_order, plot_carry_over,
                                     plot_curves)
 from duat.experiments.runs import (default_output_dir as experiment_dir, kept_on_stop,
-                                   load_results as _load_results, stats, stderr,
+                                   load_results as _load_results, spec_for, stats, stderr,
                                    write_results as _write_results)
 from duat.paraformer import ParaFormer
 from duat.registry import create_model, parse_name
@@ -143,15 +143,7 @@ PROFILES: dict[str, dict] = {
 
 def make_spec(profile: str = "quick", **overrides) -> FinetuneSpec:
     """The spec of a profile, with any FinetuneSpec field overridden (None: keep)."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}: expected one of {', '.join(PROFILES)}")
-    known = {f.name for f in fields(FinetuneSpec)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise ValueError(f"unknown option(s) {sorted(unknown)}; options: {', '.join(sorted(known))}")
-    values = dict(PROFILES[profile], profile=profile)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return FinetuneSpec(**values)
+    return spec_for(FinetuneSpec, PROFILES, profile, overrides)
 
 
 # ----------------------------------------------------------------------------- the source

@@ -29,12 +29,11 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from duat import data
 from duat.bench.timing import summarize as timing_summary, time_calls
@@ -43,10 +42,10 @@ from duat.checks import whole, wholes
 from duat.counting import count_parameters
 from duat.experiments.plots import (forgetting_rows, plot_compression, plot_forgetting,
                                    plot_prefix_curves)
-from duat.experiments.runs import (Progress, default_output_dir, kept_on_stop, stats,
+from duat.experiments.runs import (Progress, default_output_dir, kept_on_stop, spec_for, stats,
                                    load_results as _load_results, write_results as _write_results)
 from duat.registry import create_model
-from duat.runtime import environment_info, profile as check_profile, seed_everything, select_device
+from duat.runtime import environment_info, seed_everything, select_device
 from duat.runtime import threads as using_threads
 from duat.storage import finish_partial, open_run_dir, save_partial
 from duat.inside import SCORES, best_branches, compress, score_branches
@@ -109,14 +108,7 @@ PROFILES: dict[str, dict] = {
 
 def make_spec(profile: str = "quick", **overrides) -> ProgressiveSpec:
     """The spec of a profile, with any ProgressiveSpec field overridden (None: keep)."""
-    profile = check_profile(profile)
-    known = {f.name for f in fields(ProgressiveSpec)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise ValueError(f"unknown option(s) {sorted(unknown)}; options: {', '.join(sorted(known))}")
-    values = dict(PROFILES[profile], profile=profile)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return ProgressiveSpec(**values)
+    return spec_for(ProgressiveSpec, PROFILES, profile, overrides)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -53,6 +54,22 @@ def load_results(name_or_path: str | Path, names: Sequence[str] = (), hint: str 
         path = Path(name_or_path)
         hint = hint or f"give a results.json, its folder, or an experiment's name ({', '.join(names)})"
     return read_results(path, hint, keys)
+
+
+# ----------------------------------------------------------------------------- specs
+
+def spec_for(cls, profiles: Mapping[str, dict], profile: str, overrides: Mapping) -> object:
+    """The spec dataclass `cls` of an experiment for `profile` (a key of `profiles`, whose
+    values are that profile's fields), any field overridden (None: keep the profile's)."""
+    if profile not in profiles:
+        raise ValueError(f"unknown profile {profile!r}: expected one of {', '.join(profiles)}")
+    known = {f.name for f in fields(cls)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)}; options: {', '.join(sorted(known))}")
+    values = dict(profiles[profile], profile=profile)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return cls(**values)
 
 
 # ----------------------------------------------------------------------------- statistics

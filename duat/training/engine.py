@@ -41,8 +41,7 @@ from tqdm.auto import tqdm
 from duat.checks import real, whole
 from duat.runtime import seed_everything, select_device
 from duat.storage import CHECKPOINT_FORMAT, atomic_torch_save
-from duat.training.checkpoints import (_model_config, _rng_state, _set_rng_state,
-                                       check_compatible, load_checkpoint)
+from duat.training.checkpoints import _model_config, _rng_state, _set_rng_state, load_checkpoint
 from duat.training.schedules import FrozenRows, Schedule, frozen_pairs, resolve_schedule
 
 # Steps between two readings of the loss (the progress bar's, and the check that it is
