@@ -8,6 +8,7 @@ a model made of a subset of them is again a Para-Former, of smaller width:
     small = keep_branches(model, [[3, 0], [1, 2]])  # chosen ones, per stage (same count)
     big = expand(model, 2)                          # 2 fresh branches after the old ones
     branch_rows(model, range(2))                    # (parameter, rows) holding branches 0, 1
+    old_task_rows(big, branches=4, classes=range(5))  # all that computes y_4's logits 0..4
 
 A kept or expanded model is an ordinary ParaFormer with its own config (width = the new
 n), so it saves, loads, converts between the batched and reference stages, and trains
@@ -26,6 +27,7 @@ import torch.nn as nn
 from duat.paraformer import (_STACKED, Block, ParaFormer, ParallelStage, ReferenceStage,
                              _block_from_config, _init_weights)
 
+FRONT = ("patch_embed", "cls_token", "pos_embed")  # the front end: patch and position embedding
 _SHAPE_FIELDS = ("dim", "heads", "mlp_ratio", "norm_eps", "qkv_bias", "depth")
 
 
@@ -159,3 +161,25 @@ def branch_rows(model: ParaFormer, branches: Sequence[int]) -> list[tuple[nn.Par
         else:
             pairs += [(p, ...) for i in branches for p in stage.blocks[i].parameters()]
     return pairs
+
+
+def front_rows(model: ParaFormer) -> list[tuple[nn.Parameter, object]]:
+    """The (parameter, Ellipsis) pairs of the front end (patch embedding, class token,
+    position embedding)."""
+    return [(p, ...) for name, p in _paraformer(model).named_parameters()
+            if name.split(".")[0] in FRONT]
+
+
+def old_task_rows(model: ParaFormer, branches: int,
+                  classes: Sequence[int]) -> list[tuple[nn.Parameter, object]]:
+    """Everything the prefix y_k (k = `branches`) uses to compute the logits of `classes`:
+    the first k branches of every stage, the front end, the final norm and those rows of the
+    head. Held fixed (fit(..., freeze_rows=...)) while an expanded model learns a new task,
+    they keep the old task's logits of y_k exactly as they were."""
+    pf = _paraformer(model)
+    rows = sorted(set(int(c) for c in classes))
+    if not rows or any(not 0 <= c < pf.config.num_classes for c in rows):
+        raise ValueError(f"classes must be head rows in 0..{pf.config.num_classes - 1}, got {rows}")
+    pairs = branch_rows(pf, range(pf.check_branches(branches)))
+    pairs += front_rows(pf) + [(p, ...) for p in pf.norm.parameters()]
+    return pairs + [(pf.head.weight, rows), (pf.head.bias, rows)]

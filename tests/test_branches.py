@@ -10,10 +10,10 @@ import torch
 import torch.nn as nn
 
 from duat import inside
-from duat.branches import branch_rows, expand, keep_branches
+from duat.branches import FRONT, branch_rows, expand, keep_branches
 from duat.paraformer import _STACKED, ParaFormer, ParallelStage, ReferenceStage
 from duat.training import TrainConfig, evaluate, fit, load_checkpoint
-from duat.training.schedules import FRONT, SCHEDULES, Schedule
+from duat.training.schedules import SCHEDULES, Schedule
 
 from conftest import TINY_MODEL, randomize
 

@@ -193,3 +193,19 @@ def test_the_batched_prefix_never_touches_the_other_branches(budget, monkeypatch
         after = model(x, branches=2)
         assert torch.equal(before, after)
         assert torch.isnan(model(x)).all()
+
+
+def test_old_task_rows_hold_what_the_old_prefix_uses_and_refuse_bad_input():
+    from duat.branches import expand, old_task_rows
+
+    torch.manual_seed(0)
+    old = ParaFormer(image_size=8, patch_size=4, dim=16, heads=2, width=2, num_classes=4)
+    big = expand(old, 1, seed=0)
+    pairs = old_task_rows(big, 2, [0, 1])
+    assert (big.head.weight, [0, 1]) in [(p, i) for p, i in pairs if p is big.head.weight]
+    assert any(p is big.pos_embed for p, _ in pairs) and any(p is big.norm.weight for p, _ in pairs)
+    assert all(i == [0, 1] for p, i in pairs if p is big.stages[0].qkv_weight)
+    with pytest.raises(ValueError, match="head rows in 0..3"):
+        old_task_rows(big, 2, [4])
+    with pytest.raises(ValueError, match="1 <= k <= n = 3"):
+        old_task_rows(big, 0, [0])

@@ -37,7 +37,7 @@ import torch
 
 from duat import data
 from duat.bench.timing import summarize as timing_summary, time_calls
-from duat.branches import branch_rows, expand, keep_branches
+from duat.branches import expand, keep_branches, old_task_rows
 from duat.checks import whole, wholes
 from duat.counting import count_parameters
 from duat.experiments.plots import (forgetting_rows, plot_compression, plot_forgetting,
@@ -50,7 +50,7 @@ from duat.runtime import threads as using_threads
 from duat.storage import finish_partial, open_run_dir, save_partial
 from duat.inside import SCORES, best_branches, compress, score_branches
 from duat.training.engine import TrainConfig, evaluate, fit
-from duat.training.schedules import SCHEDULES, FRONT
+from duat.training.schedules import SCHEDULES
 
 EXPERIMENT = "progressive"
 COMPRESSED = ("joint", "progressive")  # the schedules whose models are compressed
@@ -253,10 +253,7 @@ def expansion_unit(spec, seed: int, device) -> dict:
 
     t0 = time.perf_counter()
     big = expand(model, spec.extra, seed=seed)
-    frozen = branch_rows(big, range(spec.width_a))
-    frozen += [(p, ...) for name, p in big.named_parameters()
-               if name.split(".")[0] in (*FRONT, "norm")]
-    frozen += [(big.head.weight, list(range(ka))), (big.head.bias, list(range(ka)))]
+    frozen = old_task_rows(big, spec.width_a, range(ka))
     fit(big, b_train, None, _config(spec, spec.epochs_b, seed, device), progress=False,
         freeze_rows=frozen)
     expansion_s = time.perf_counter() - t0

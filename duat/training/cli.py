@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--schedule", default="joint", choices=SCHEDULES,
                    help="joint (every step on the whole model, default); progressive (every batch: "
                         "one step per prefix k = 1..n, then a whole-model pass); branchwise (one "
-                        "phase per branch, the earlier ones frozen). Every epoch records each prefix's "
+                        "phase per branch, the others held fixed). Every epoch records each prefix's "
                         "validation loss and accuracy")
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW)")

@@ -345,7 +345,7 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
 
     try:
         for epoch in range(start_epoch, config.epochs):
-            plan = schedule.plan(epoch, config.epochs, n) if schedule else _WHOLE.plan(epoch, config.epochs, 1)
+            plan = (schedule or _WHOLE).plan(epoch, config.epochs, n)
             frozen = FrozenRows((frozen_pairs(model, plan) if schedule else []) + list(freeze_rows))
             first, last = plan.start * per_epoch, plan.stop * per_epoch  # the phase's positions
             # a phase shorter than the run (branchwise) warms up for at most half of itself

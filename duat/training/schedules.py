@@ -30,12 +30,11 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from duat.branches import branch_rows
+from duat.branches import branch_rows, front_rows
 from duat.checks import one_of
 from duat.paraformer import ParaFormer
 
 SCHEDULES = ("joint", "progressive", "branchwise")
-FRONT = ("patch_embed", "cls_token", "pos_embed")  # the front end: frozen after branchwise phase 1
 
 
 @dataclass(frozen=True)
@@ -126,5 +125,5 @@ def frozen_pairs(model: ParaFormer, plan: EpochPlan) -> list[tuple[nn.Parameter,
     """The (parameter, index) pairs an epoch of `plan` freezes."""
     pairs = branch_rows(model, plan.frozen_branches)
     if plan.freeze_front:
-        pairs += [(p, ...) for name, p in model.named_parameters() if name.split(".")[0] in FRONT]
+        pairs += front_rows(model)
     return pairs
