@@ -99,6 +99,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"duat {args.command}: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:
+        if type(err).__name__ == "DistributedError":  # duat.distributed: a peer died or hung
+            print(f"duat {args.command}: error: {err}", file=sys.stderr)
+            return 1
         if type(err).__name__ != "OutOfMemoryError":  # torch's; any other is a bug: traceback
             raise
         print(f"duat {args.command}: error: the device ran out of memory ({err}); "

@@ -176,7 +176,11 @@ class ReferenceStage(nn.Module):
 
     def forward(self, x: torch.Tensor, branches: int | None = None) -> torch.Tensor:
         """x + sum_{i < k} f_i(x): every branch, or the first k = `branches` only."""
-        return x + sum(block.residual(x) for block in self.blocks[:branches])
+        return x + self.update(x, branches)
+
+    def update(self, x: torch.Tensor, branches: int | None = None) -> torch.Tensor:
+        """sum_{i < k} f_i(x), the stage's update without the skip: (B, T, D)."""
+        return sum(block.residual(x) for block in self.blocks[:branches])
 
     def branch_updates(self, x: torch.Tensor) -> torch.Tensor:
         """Each branch's update f_i(x), stacked: (B, T, D) -> (n, B, T, D)."""
@@ -258,6 +262,10 @@ class ParallelStage(nn.Module):
     def forward(self, x: torch.Tensor, branches: int | None = None) -> torch.Tensor:
         """x + sum_{i < k} f_i(x) for the first k = `branches` (default all n); the other
         n - k branches are not computed at all."""
+        return x + self.update(x, branches)
+
+    def update(self, x: torch.Tensor, branches: int | None = None) -> torch.Tensor:
+        """sum_{i < k} f_i(x), the stage's update without the skip: (B, T, D)."""
         B, T, D = x.shape
         n = self.width if branches is None else branches
         chunk = min(self.branch_chunk(B * T, x.device), n)
@@ -267,7 +275,7 @@ class ParallelStage(nn.Module):
         for start in range(0, n, chunk):          # one pass when the whole stage fits the budget
             part = self._branches(x, xn, slice(start, min(start + chunk, n)))  # (BT, D)
             f = part if f is None else f + part
-        return x + f.view(B, T, D)                                          # x + sum_i f_i(x)
+        return f.view(B, T, D)                                              # sum_i f_i(x)
 
     def branch_updates(self, x: torch.Tensor) -> torch.Tensor:
         """Each branch's update f_i(x), stacked: (B, T, D) -> (n, B, T, D).

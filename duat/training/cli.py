@@ -4,6 +4,7 @@
     duat train --model vit-4 --dataset digits --fraction 0.25 --out runs/vit4-quarter
     duat train --model vit-4 --dataset digits --fraction 0.25 --out runs/vit4-quarter --epochs 40 --resume
     duat train --model pf-1-8 --schedule progressive     # or branchwise (duat.training.schedules)
+    torchrun --nproc-per-node 2 -m duat train --model pf-1-8   # data parallel (DDP), 2 processes
 
 A run writes into its folder (default runs/<model>-<dataset>-seed<seed>): checkpoint.pt
 (after every epoch, atomically), history.csv (loss / accuracy / throughput per epoch),
@@ -12,6 +13,11 @@ A folder that holds an earlier run is never overwritten unless --overwrite is gi
 --resume continues the run in it. Bad input exits with status 2 and says what was
 expected; Ctrl-C keeps the last checkpoint, writes the history so far and exits 130.
 docs/method.md section 5.
+
+Under torchrun every process trains the whole model on its rows of each global batch
+(--batch-size stays the global batch) and DDP averages the gradients: gloo on a CPU,
+NCCL with one GPU per process. Only rank 0 writes the run's files and prints; a process
+that dies or hangs ends the others with one `error:` line (duat.distributed.process).
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from pathlib import Path
 import torch
 
 from duat.data import dataset_info, load_data
+from duat.distributed.process import Context, launched, setup, teardown
 from duat.registry import create_model, model_config
 from duat.runtime import environment_info, seed_everything, select_device
 from duat.storage import atomic_write_json, prepare_output_dir, write_csv, write_figure
@@ -71,7 +78,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """`duat train` (bad input raises; duat.cli reports it with status 2)."""
+    """`duat train` (bad input raises; duat.cli reports it with status 2). Under torchrun:
+    data parallel over the launched processes."""
+    if not launched():
+        return _train(args, None)
+    ctx = setup(args.device)
+    try:
+        with ctx.guard():
+            return _train(args, ctx)
+    finally:
+        teardown()
+
+
+def _train(args: argparse.Namespace, ctx: Context | None) -> int:
     # 1. Check everything that can be checked before touching any file.
     info = dataset_info(args.dataset)
     overrides = {k: v for k, v in (("patch_size", args.patch_size), ("dropout", args.dropout))
@@ -82,8 +101,10 @@ def run(args: argparse.Namespace) -> int:
                          warmup_epochs=args.warmup_epochs, weight_decay=args.weight_decay,
                          label_smoothing=args.label_smoothing,
                          grad_clip=args.grad_clip if args.grad_clip > 0 else None,
-                         amp=not args.no_amp, seed=args.seed, device=args.device)
-    device = select_device(args.device)
+                         amp=not args.no_amp, seed=args.seed,
+                         device=str(ctx.device) if ctx else args.device)
+    device = ctx.device if ctx else select_device(args.device)
+    main = ctx is None or ctx.main
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
@@ -106,17 +127,22 @@ def run(args: argparse.Namespace) -> int:
         if saved != args.schedule:
             raise ValueError(f"the run in {out} was trained with --schedule {saved}; resume it "
                              f"with the same schedule")
+    elif ctx is not None:  # rank 0 checks and makes the folder; a refusal ends every rank
+        ctx.agree(lambda: prepare_output_dir(out, overwrite=args.overwrite))
     else:
         prepare_output_dir(out, overwrite=args.overwrite)
     train_loader, val_loader, test_loader = splits.loaders(args.batch_size, seed=args.seed)
 
     params = sum(p.numel() for p in model.parameters())
-    print(f"training {args.model} ({params:,} parameters) on {info.name}: "
-          f"{len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test, "
-          f"{config.epochs} epochs on {device}")
+    if main:
+        print(f"training {args.model} ({params:,} parameters) on {info.name}: "
+              f"{len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test, "
+              f"{config.epochs} epochs on {device}"
+              + (f"; data parallel over {ctx.world} processes ({ctx.backend}), global batch "
+                 f"{args.batch_size}" if ctx else ""))
     t0 = time.perf_counter()
     result = fit(model, train_loader, val_loader, config, checkpoint=ckpt, resume=args.resume,
-                 progress=not args.no_progress,
+                 progress=not args.no_progress, distributed=ctx,
                  schedule=args.schedule,
                  extra={"model": args.model, "size": args.size, "data": splits.config,
                         "schedule": args.schedule})
@@ -134,7 +160,10 @@ def run(args: argparse.Namespace) -> int:
         "final": result.history[-1] if result.history else None,
         "history": result.history, "checkpoint": ckpt.name,
         "environment": environment_info(),
+        "processes": ctx.world if ctx else 1,
     }
+    if not main:  # rank 0 writes the run's files
+        return 130 if result.status == "interrupted" else 0
     atomic_write_json(out / "results.json", record)
     write_csv(out / "history.csv", result.history)
     if result.history:

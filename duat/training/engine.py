@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from duat.checks import real, whole
+from duat.distributed.process import Context, ShardedLoader
 from duat.runtime import seed_everything, select_device
 from duat.storage import CHECKPOINT_FORMAT, atomic_torch_save
 from duat.training.checkpoints import _model_config, _rng_state, _set_rng_state, load_checkpoint
@@ -238,7 +239,8 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
         resume: bool | str | Path = False, callbacks: Sequence[Callback] = (),
         stop_event: threading.Event | None = None, progress: bool = True,
         extra: dict | None = None, schedule: str | Schedule | None = None,
-        freeze_rows: Sequence[tuple[nn.Parameter, object]] = ()) -> FitResult:
+        freeze_rows: Sequence[tuple[nn.Parameter, object]] = (),
+        distributed: Context | None = None) -> FitResult:
     """Train `model` on `train_loader`; validate on `val_loader` after every epoch.
 
     checkpoint: file to write after every `config.checkpoint_every` epochs (atomically).
@@ -255,6 +257,10 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
         prefix_acc_k of every prefix model y_k, on the validation data (else the training data).
     freeze_rows: (parameter, index) pairs held exactly as they are (duat.branches.branch_rows:
         some branches of every stage), on top of what the schedule freezes.
+    distributed: a duat.distributed.Context (under torchrun): data parallel training. Every
+        rank takes its rows of each global batch of `train_loader` (ShardedLoader), DDP
+        averages the gradients, and the weights stay those of one process on the whole
+        batch; only rank 0 writes the checkpoint and shows progress.
     Returns a FitResult; Ctrl-C returns one with status 'interrupted' instead of raising.
     """
     config = config if config is not None else TrainConfig()
@@ -262,6 +268,9 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    ctx = distributed if distributed is not None and distributed.world > 1 else None
+    if ctx is not None and not isinstance(train_loader, ShardedLoader):
+        train_loader = ShardedLoader(train_loader, ctx.rank, ctx.world)
     steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
     if steps_per_epoch < 1:
         raise ValueError("the training loader yields no batches")
@@ -296,15 +305,16 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
             warnings.warn(f"the checkpoint has already completed {start_epoch} epochs "
                           f"(config.epochs={config.epochs}): nothing to train")
     else:
-        seed_everything(config.seed)
+        seed_everything(config.seed + (ctx.rank if ctx else 0))  # each rank its own dropout
+    net = ctx.wrap(model) if ctx else model  # DDP: rank 0's weights broadcast to every rank
 
     bar = None
-    if progress:
+    if progress and (ctx is None or ctx.main):
         bar = tqdm(total=total_steps, initial=start_epoch * per_epoch, unit="step",
                    desc="training", dynamic_ncols=True)
 
     def save(epoch: int) -> None:
-        if checkpoint is None:
+        if checkpoint is None or (ctx is not None and not ctx.main):
             return
         atomic_torch_save({
             "format": CHECKPOINT_FORMAT,
@@ -330,10 +340,11 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
 
     def one_step(x, y, k):  # one optimiser step on the prefix model y_k (k None: the whole model)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-            logits = model(x) if k is None else model(x, branches=k)            # (B, K)
+            logits = net(x) if k is None else net(x, branches=k)                # (B, K)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+        share = ctx.loss_share(y.numel(), train_loader.global_rows) if ctx else 1.0
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        scaler.scale(loss * share if ctx else loss).backward()
         frozen.mask_grads()                 # frozen rows count neither in the clip nor the step
         if config.grad_clip is not None:
             scaler.unscale_(optimizer)
@@ -392,11 +403,14 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
             if stopped:  # a partial epoch: not recorded, not checkpointed
                 status = "stopped"
                 break
+            if ctx is not None:  # every rank's rows: the global batch's sums
+                loss_sum, correct, seen = ctx.all_sum(torch.stack(
+                    (loss_sum, correct.to(loss_sum.dtype), loss_sum.new_tensor(seen)))).tolist()
             train_s = time.perf_counter() - t0
-            running = loss_sum.item()
+            running = float(loss_sum)
             _check_finite(running, epoch + 1, checked, step)
             record = {"epoch": epoch + 1, "step": step, "lr": lr,
-                      "train_loss": running / seen, "train_acc": correct.item() / seen,
+                      "train_loss": running / seen, "train_acc": float(correct) / seen,
                       "train_samples_per_s": seen * len(plan.passes) / max(train_s, 1e-9)}
             if val_loader is not None:
                 val = evaluate(model, val_loader, device, label_smoothing=config.label_smoothing,

@@ -1,0 +1,27 @@
+"""Para-Former on several processes with torch.distributed, launched by torchrun.
+
+    torchrun --nproc-per-node 2 -m duat train --model pf-1-8     # data parallel (DDP)
+    torchrun --nproc-per-node 2 -m duat bench --impl pf-branch-parallel
+
+Two ways to use N processes (docs/method.md section 8):
+
+- branch parallelism (duat.distributed.branches): every rank keeps a share of each
+  stage's n branches; one sum all-reduce per stage gives every rank y = x + sum_i f_i(x).
+  It cuts a single forward pass's latency when the branch compute outweighs the
+  all-reduce.
+- data parallelism (duat.distributed.process and duat.training.fit): every rank keeps the
+  whole model and takes its rows of each global batch; DDP averages the gradients.
+
+gloo on a CPU, NCCL on GPUs (one rank per GPU), chosen by `setup()`.
+"""
+from duat.distributed.branches import (SPLITS, BranchParallelStage, branch_parallel,
+                                       copy_to_ranks, gather_state_dict, load_split,
+                                       local_parameters, save_checkpoint, split_branches,
+                                       sum_over_ranks)
+from duat.distributed.process import (Context, DistributedError, ShardedLoader, launched,
+                                      setup, teardown, timeout_s)
+
+__all__ = ["SPLITS", "BranchParallelStage", "Context", "DistributedError", "ShardedLoader",
+           "branch_parallel", "copy_to_ranks", "gather_state_dict", "launched", "load_split",
+           "local_parameters", "save_checkpoint", "setup", "split_branches", "sum_over_ranks",
+           "teardown", "timeout_s"]
