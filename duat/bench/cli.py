@@ -7,6 +7,9 @@
     duat bench --preset gpu --variants eager graph compile   # ... and torch.compile
     duat bench --preset regime              # the latency regime map: D x n x batch, with the
                                             # per-op overhead and the overhead model
+    torchrun --nproc-per-node 2 -m duat bench --impl pf-branch-parallel
+                                            # one process against 2, the branches split
+                                            # over them (duat.bench.branch_parallel)
 
 Results go to bench/<name>/ of duat.locations.output_dir() (results.json, results.csv,
 latency_vs_layers.png): duat/results/bench/ in a source checkout, next to the committed
@@ -23,6 +26,7 @@ import datetime
 import sys
 from pathlib import Path
 
+from duat.bench import branch_parallel
 from duat.bench.harness import (DTYPES, IMPLEMENTATIONS, VARIANTS, BenchSpec, check_memory,
                                 resolve_device, run_benchmark)
 from duat.bench.regime import format_regime, is_regime
@@ -69,7 +73,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, nargs="+", metavar="B", help="batch size(s)")
     parser.add_argument("--layers", type=int, nargs="+", metavar="L", help="depths L to time")
     parser.add_argument("--impl", nargs="+", metavar="NAME",
-                        help=f"implementations (default: all): {', '.join(IMPLEMENTATIONS)}")
+                        help=f"implementations (default: all): {', '.join(IMPLEMENTATIONS)}; "
+                             f"or {branch_parallel.NAME} alone, under torchrun: the branches of "
+                             f"Para-Former-1-n over the processes, against one process "
+                             f"(--layers: the widths n; --threads: per process, default 1)")
     parser.add_argument("--variants", nargs="+", metavar="V",
                         help=f"{', '.join(VARIANTS)} (default: eager; graph needs CUDA)")
     parser.add_argument("--size", help="model width preset: tiny, small (default), base")
@@ -122,6 +129,13 @@ def spec_from_args(args: argparse.Namespace) -> tuple[BenchSpec, str]:
 def run(args: argparse.Namespace) -> int:
     """`duat bench`. Input it refuses (options, folders, an unknown --compare run, nothing
     left to time) raises, and duat.cli.main reports it in one line with status 2."""
+    if args.impl and branch_parallel.NAME in args.impl:
+        if len(args.impl) > 1 or args.compare or args.variants or args.dims:
+            raise ValueError(f"{branch_parallel.NAME} is timed on its own (no other --impl, "
+                             f"--variants, --dims or --compare)")
+        args.impl = ["pf-batched"]  # the spec's model; the layers are the widths n
+        spec, preset = spec_from_args(args)
+        return branch_parallel.run(args, spec, preset)
     reference = load_results(args.compare) if args.compare else None
     spec, preset = spec_from_args(args)
     device = resolve_device(spec)
