@@ -93,6 +93,28 @@ def case_branch_parallel(ctx, out: Path, split: str, stage: str = "batched") -> 
             "prefix_gap": prefix_gap, "loaded_gap": loaded_gap}
 
 
+def case_cuda_branch_parallel(ctx, out: Path) -> dict:
+    """On a GPU with NCCL (one rank per GPU): the split model's logits and gradients."""
+    ref = reference(depth=2, width=4).to(ctx.device)
+    x, y = (t.to(ctx.device) for t in batch())
+    logits = ref(x)
+    F.cross_entropy(logits, y).backward()
+    model = branch_parallel(copy.deepcopy(ref), split="strided")
+    for p in model.parameters():
+        p.grad = None
+    got = model(x)
+    F.cross_entropy(got, y).backward()
+    grads = dict(ref.named_parameters())
+    worst = 0.0
+    for name, p in model.named_parameters():
+        want = grads[name.replace(".local.", ".")].grad
+        if ".local." in name:
+            want = want[model.stages[int(name.split(".")[1])].ids]
+        worst = max(worst, gap(p.grad, want))
+    return {"logits_gap": gap(got, logits), "grad_gap": worst, "backend": ctx.backend,
+            "device": str(ctx.device)}
+
+
 def case_pair(ctx, out: Path) -> dict:
     """f and g by hand, against torch.distributed.nn.functional.all_reduce."""
     from torch.distributed.nn.functional import all_reduce
@@ -135,12 +157,12 @@ def case_hold(ctx, out: Path) -> dict:
 CASES = {"branch_parallel_contiguous": lambda c, o: case_branch_parallel(c, o, "contiguous"),
          "branch_parallel_strided": lambda c, o: case_branch_parallel(c, o, "strided"),
          "branch_parallel_reference": lambda c, o: case_branch_parallel(c, o, "strided", "reference"),
-         "pair": case_pair, "ddp": case_ddp, "hold": case_hold}
+         "cuda_branch_parallel": case_cuda_branch_parallel, "pair": case_pair, "ddp": case_ddp, "hold": case_hold}
 
 
 def main(case: str, out: str) -> int:
     torch.set_num_threads(1)
-    ctx = setup("cpu")
+    ctx = setup("cuda" if case.startswith("cuda_") else "cpu")
     try:
         with ctx.guard():
             record = CASES[case](ctx, Path(out))

@@ -178,3 +178,13 @@ def test_a_global_batch_smaller_than_the_world_is_refused(tmp_path):
                     "--no-progress", "--device", "cpu", "--out", tmp_path / "r"], 2,
                    timeout=LIMIT, cwd=tmp_path)
     assert run.returncode != 0 and "--batch-size 2 or more" in run.stderr
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_branch_parallel_on_a_gpu_with_nccl(tmp_path):
+    nproc = torch.cuda.device_count()               # one rank per GPU
+    n = max(d for d in (1, 2, 4) if d <= nproc)
+    for got in launch("cuda_branch_parallel", tmp_path, nproc=n):
+        assert got["backend"] == "nccl" and got["device"].startswith("cuda")
+        assert got["logits_gap"] < 1e-4 and got["grad_gap"] < 1e-4    # TF32 may round
