@@ -128,3 +128,60 @@ def draw_layouts(layouts, placements=None, titles=None, figsize=None):
         ax.set_ylim(-1.6, top)
     fig.tight_layout()
     return fig
+
+
+def draw_branch_split(plan, ax=None, title: str | None = None):
+    """One stage split over ranks (docs/method.md section 8): plan[r] lists the branches
+    rank r holds (duat.distributed.split_branches). Every rank gets x, adds its branches'
+    updates into a partial sum p_r, and one all-reduce gives every rank y = x + sum_r p_r.
+    Returns the axis."""
+    plan = [list(ids) for ids in plan]
+    if not plan or any(not ids for ids in plan):
+        raise ValueError("plan must give every rank at least one branch")
+    n = sum(len(ids) for ids in plan)
+    cmap = plt.get_cmap("viridis")
+    cols = [len(ids) * (BOX_W + GAP) + 0.6 for ids in plan]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(0.9 * sum(cols) + 1.0, 4.2))
+
+    def arrow(p, q, color="0.25", **kw):
+        ax.add_patch(FancyArrowPatch(p, q, arrowstyle="-|>", mutation_scale=10, lw=1.1,
+                                     color=color, shrinkA=0, shrinkB=0, **kw))
+
+    x0 = 0.0
+    width = sum(cols)
+    ax.add_patch(FancyBboxPatch((0.1, -0.2), width - 0.2, 0.45, boxstyle="round,pad=0.02",
+                                facecolor="0.92", edgecolor="0.5"))
+    ax.text(width / 2, 0.02, "x (B, T, D): the same on every rank", ha="center", va="center", fontsize=8)
+    for r, ids in enumerate(plan):
+        cx = x0 + cols[r] / 2
+        ax.add_patch(FancyBboxPatch((x0 + 0.15, 0.45), cols[r] - 0.3, 2.55, boxstyle="round,pad=0.02",
+                                    facecolor="none", edgecolor="0.6", ls=":"))
+        ax.text(x0 + 0.3, 2.8, f"rank {r}", ha="left", va="center", fontsize=9, color="0.3")
+        for j, i in enumerate(ids):
+            xi = x0 + 0.3 + BOX_W / 2 + j * (BOX_W + GAP)
+            shade = cmap(0.15 + 0.7 * i / max(n - 1, 1))
+            arrow((xi, 0.25), (xi, 0.8))
+            ax.add_patch(FancyBboxPatch((xi - BOX_W / 2, 0.8), BOX_W, BOX_H,
+                                        boxstyle="round,pad=0.02,rounding_size=0.08",
+                                        facecolor=shade, edgecolor="0.2"))
+            ax.text(xi, 0.8 + BOX_H / 2, f"$f_{{{i + 1}}}$", ha="center", va="center", fontsize=11,
+                    color="white" if i / max(n - 1, 1) < 0.6 else "black")
+            arrow((xi, 0.8 + BOX_H), (cx, 2.2))
+        ax.add_patch(Circle((cx, 2.35), 0.15, facecolor="white", edgecolor="0.2"))
+        ax.text(cx, 2.35, "+", ha="center", va="center", fontsize=10)
+        ax.text(cx + 0.22, 2.35, f"$p_{{{r}}}$", va="center", fontsize=9)
+        arrow((cx, 2.5), (cx, 3.3))
+        arrow((cx, 3.75), (cx, 4.25))
+        x0 += cols[r]
+    ax.add_patch(FancyBboxPatch((0.1, 3.3), width - 0.2, 0.45, boxstyle="round,pad=0.02",
+                                facecolor="#fde2c4", edgecolor="0.4"))
+    ax.text(width / 2, 3.52, "all-reduce (sum): y = x + " + " + ".join(f"$p_{{{r}}}$" for r in range(len(plan))),
+            ha="center", va="center", fontsize=8)
+    ax.text(width / 2, 4.45, "y on every rank, the input of the next stage", ha="center", fontsize=8)
+    ax.set_xlim(-0.1, width + 0.1)
+    ax.set_ylim(-0.4, 4.8)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.set_title(title if title is not None else f"n = {n} branches over {len(plan)} ranks", fontsize=10)
+    return ax
