@@ -144,6 +144,18 @@ def case_ddp(ctx, out: Path) -> dict:
             "wrote_checkpoint": (out / f"ckpt-rank{ctx.rank}.pt").is_file()}
 
 
+SWEEP = dict(name="accuracy-vs-width", profile="quick", seeds=[0], progress=False, log=None,
+             limit=lambda run: run["model"] == "pf-1-2")
+
+
+def case_sweep(ctx, out: Path) -> dict:
+    """One run of a quick sweep, data parallel (`torchrun -m duat reproduce` in small)."""
+    from duat.experiments.sweeps import run_experiment
+
+    results = run_experiment(**SWEEP, out=out / "sweep", distributed=ctx)
+    return {"records": results["records"], "processes": results.get("processes")}
+
+
 def case_hold(ctx, out: Path) -> dict:
     """All-reduce in a loop for a long time (a test kills or stops one rank meanwhile)."""
     t = torch.ones(4)
@@ -157,7 +169,7 @@ def case_hold(ctx, out: Path) -> dict:
 CASES = {"branch_parallel_contiguous": lambda c, o: case_branch_parallel(c, o, "contiguous"),
          "branch_parallel_strided": lambda c, o: case_branch_parallel(c, o, "strided"),
          "branch_parallel_reference": lambda c, o: case_branch_parallel(c, o, "strided", "reference"),
-         "cuda_branch_parallel": case_cuda_branch_parallel, "pair": case_pair, "ddp": case_ddp, "hold": case_hold}
+         "cuda_branch_parallel": case_cuda_branch_parallel, "pair": case_pair, "ddp": case_ddp, "sweep": case_sweep, "hold": case_hold}
 
 
 def main(case: str, out: str) -> int:

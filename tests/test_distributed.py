@@ -96,6 +96,36 @@ def test_ddp_ends_with_the_single_process_weights(tmp_path):
     assert [got["wrote_checkpoint"] for got in ranks] == [True, False]   # rank 0 only
 
 
+def test_a_sweep_trains_data_parallel_and_rank_0_writes_it(tmp_path):
+    from duat.experiments.sweeps import run_experiment
+
+    sys.path.insert(0, str(HERE))
+    try:
+        from distributed_cases import SWEEP
+    finally:
+        sys.path.remove(str(HERE))
+    ranks = launch("sweep", tmp_path)
+    alone = run_experiment(**SWEEP, write=False)
+    (want,) = alone["records"]
+    for got in ranks:
+        assert got["processes"] == 2
+        (record,) = got["records"]
+        assert record["model"] == want["model"] == "pf-1-2"
+        assert abs(record["test_acc"] - want["test_acc"]) <= 1 / 359   # at most one image
+        assert abs(record["train_loss"] - want["train_loss"]) < 1e-4
+        assert abs(record["test_loss"] - want["test_loss"]) < 1e-4 and record["steps"] == want["steps"]
+    written = json.loads((tmp_path / "sweep" / "results.json").read_text())
+    assert [r["model"] for r in written["records"]] == ["pf-1-2"]
+    assert not (tmp_path / "sweep" / "partial.json").exists()
+
+
+def test_reproduce_refuses_the_experiments_it_does_not_spread(tmp_path):
+    run = torchrun(["reproduce", "progressive", "--quick", "--out", tmp_path / "p"], 2,
+                   timeout=LIMIT, cwd=tmp_path)
+    assert run.returncode != 0 and "start it without torchrun" in run.stderr
+    assert not (tmp_path / "p").exists()
+
+
 def test_split_errors_name_a_split_that_works():
     assert split_branches(6, 4, "strided") == [[0, 4], [1, 5], [2], [3]]
     with pytest.raises(ValueError, match=r"split='strided'.*1, 2, 3, 6"):

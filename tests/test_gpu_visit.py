@@ -55,6 +55,22 @@ def test_plan_fits_the_budget_and_never_reuses_a_folder(tmp_path, monkeypatch):
     assert "tests/test_paraformer.py" in steps[0].command and "cuda" in steps[0].command
 
 
+def test_the_distributed_visit_fits_the_budget_and_names_its_commands(tmp_path, monkeypatch):
+    gv = load_script(monkeypatch)
+    steps = gv.build_dist_steps(sys.executable, False, tmp_path / "branch-parallel",
+                                tmp_path / "runs", tmp_path / "visit", "2026-01-02", "120000")
+    assert [s.key for s in steps] == list(gv.DIST_KEYS) == list(gv.VISITS["distributed"])
+    assert sum(s.limit_s for s in steps) + gv.RESERVE_S <= gv.BUDGET_S
+    commands = {s.key: " ".join(s.command) for s in steps}
+    assert "tests/test_distributed.py" in commands["dist-tests"]
+    assert "--nproc-per-node gpu" in commands["dist-gpu"] and "--device cuda" in commands["dist-gpu"]
+    assert "--impl pf-branch-parallel" in commands["dist-gpu"]
+    assert "-m duat train" in commands["dist-train"] and "--device cuda" in commands["dist-train"]
+    for W in (2, 4, 8):
+        assert f"--nproc-per-node {W} " in commands[f"dist-cpu-{W}"]
+        assert "--device cpu" in commands[f"dist-cpu-{W}"]
+
+
 @pytest.mark.slow
 def test_dry_run_runs_every_step_on_the_cpu_and_writes_nothing_into_the_checkout(tmp_path):
     watched = [REPO / "duat" / "results", REPO / "runs"]

@@ -28,12 +28,14 @@ import datetime
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import torch
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from duat.bench.harness import BenchSpec, environment
 from duat.bench.timing import summarize, time_calls
 from duat.distributed.branches import branch_parallel
-from duat.distributed.process import Context, launched, setup, teardown
+from duat.distributed.process import Context, launched, run_in_group
 from duat.locations import committed, output_dir
 from duat.registry import create_model
 from duat.storage import atomic_write_json, prepare_output_dir, read_results, write_csv, write_figure
@@ -49,12 +51,7 @@ def run(args: argparse.Namespace, spec: BenchSpec, preset: str) -> int:
     if not launched():
         raise ValueError(f"{NAME} times several processes: start it under torchrun, e.g. "
                          f"`torchrun --nproc-per-node 2 -m duat bench --impl {NAME}`")
-    ctx = setup(args.device or "auto")
-    try:
-        with ctx.guard():
-            return _run(args, spec, preset, ctx)
-    finally:
-        teardown()
+    return run_in_group(args.device or "auto", lambda ctx: _run(args, spec, preset, ctx))
 
 
 def _run(args, spec: BenchSpec, preset: str, ctx: Context) -> int:
@@ -183,8 +180,6 @@ def save(results: dict, folder: Path) -> list[Path]:
 
 def plot(results: dict, axes=None):
     """Latency against n: one process, the split, and the all-reduce alone; a panel per batch."""
-    import matplotlib.pyplot as plt
-
     batches = sorted({r["batch"] for r in results["records"]})
     if axes is None:
         fig, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 3.6), squeeze=False)
@@ -203,6 +198,8 @@ def plot(results: dict, axes=None):
             ax.errorbar(ns, med, yerr=err, fmt=styles[way], capsize=3, label=labels[way])
         ax.set(xlabel="branches per stage n", ylabel="ms per forward pass (median, IQR)",
                title=f"batch {B}", yscale="log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())   # 1, 10, not 10^0, 10^1
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     device = results["environment"].get("device_name", "")

@@ -19,9 +19,11 @@ from duat.distributed.branches import (SPLITS, BranchParallelStage, branch_paral
                                        local_parameters, save_checkpoint, split_branches,
                                        sum_over_ranks)
 from duat.distributed.process import (Context, DistributedError, ShardedLoader, launched,
-                                      setup, teardown, timeout_s)
+                                      launched_world, run_in_group, setup, teardown,
+                                      timeout_s)
 
 __all__ = ["SPLITS", "BranchParallelStage", "Context", "DistributedError", "ShardedLoader",
-           "branch_parallel", "copy_to_ranks", "gather_state_dict", "launched", "load_split",
-           "local_parameters", "save_checkpoint", "setup", "split_branches", "sum_over_ranks",
+           "branch_parallel", "copy_to_ranks", "gather_state_dict", "launched", "launched_world",
+           "load_split",
+           "local_parameters", "run_in_group", "save_checkpoint", "setup", "split_branches", "sum_over_ranks",
            "teardown", "timeout_s"]

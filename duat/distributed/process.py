@@ -44,6 +44,11 @@ def launched() -> bool:
     return all(name in os.environ for name in ("RANK", "WORLD_SIZE"))
 
 
+def launched_world() -> int:
+    """WORLD_SIZE of a torchrun launch (1 outside one)."""
+    return int(os.environ["WORLD_SIZE"]) if launched() else 1
+
+
 def timeout_s() -> float:
     raw = os.environ.get(TIMEOUT_ENV)
     if raw is None:
@@ -182,6 +187,17 @@ def setup(device: str = "auto") -> Context:
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def run_in_group(device: str, body: Callable[[Context], int]) -> int:
+    """setup(device), body(ctx) with failed collectives as one DistributedError, teardown:
+    how `duat train`, `duat reproduce` and `duat bench` run under torchrun."""
+    ctx = setup(device)
+    try:
+        with ctx.guard():
+            return body(ctx)
+    finally:
+        teardown()
 
 
 class ShardedLoader:

@@ -34,6 +34,9 @@ quick results (duat.locations.committed), which ship with the package.
     duat reproduce --list
     duat reproduce accuracy-vs-width --quick
     duat reproduce data-scale --quick --out /tmp/rerun --compare data-scale
+    torchrun --nproc-per-node 2 -m duat reproduce accuracy-vs-width --full
+                        # the sweeps only: every run data parallel over the processes (DDP),
+                        # rank 0 writes; finetune and progressive run in one process
 
 The package: `runs` (what every experiment shares: folders, statistics, progress, the
 message of an interrupted run, writing and loading results), `sweeps`, `finetune`, `plots`
@@ -44,6 +47,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from duat.distributed.process import Context, launched, launched_world, run_in_group
 from duat.experiments import finetune, progressive
 from duat.experiments.plots import format_summary, label, plot_sweep, results_frame
 from duat.experiments.runs import bootstrap_interval, default_output_dir, results_folder, stats
@@ -114,7 +118,19 @@ def _add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
 # ----------------------------------------------------------------------------- running
 
 def run(args: argparse.Namespace) -> int:
-    """`duat reproduce` (bad input raises; duat.cli reports it with status 2)."""
+    """`duat reproduce` (bad input raises; duat.cli reports it with status 2). Under
+    torchrun the sweeps train every run data parallel over the processes."""
+    if not launched() or args.list or not args.experiment:
+        return _reproduce(args, None)
+    if args.experiment in ("finetune", "progressive") and launched_world() > 1:
+        raise ValueError(f"duat reproduce {args.experiment} runs in one process (its many small "
+                         f"trainings, freezing and weight files are not spread over processes): "
+                         f"start it without torchrun")
+    return run_in_group(args.device or "auto", lambda ctx: _reproduce(args, ctx))
+
+
+def _reproduce(args: argparse.Namespace, ctx: Context | None) -> int:
+    main = ctx is None or ctx.main
     if args.list or not args.experiment:
         for e in EXPERIMENTS.values():
             print(f"{e.name:20s} {e.title}")
@@ -149,7 +165,10 @@ def run(args: argparse.Namespace) -> int:
         results = run_experiment(name, profile, out=args.out, overwrite=args.overwrite,
                                  seeds=args.seeds, device=args.device, threads=args.threads,
                                  data_root=args.data_root, download=not args.no_download,
-                                 progress=not args.no_progress, resume=args.resume)
+                                 progress=not args.no_progress, resume=args.resume,
+                                 distributed=ctx)
+        if not main:
+            continue
         print(f"\n{results['title']} ({profile} profile, {len(results['records'])} runs, "
               f"{results['wall_time_s']:.0f} s on {results['device']})")
         print(format_summary(results))

@@ -21,13 +21,14 @@ import torch
 
 from duat import data
 from duat.checks import whole, wholes
+from duat.distributed.process import Context
 from duat.experiments.plots import plot_sweep
 from duat.experiments.runs import (Progress, default_output_dir, kept_on_stop, stats,
                                    load_results as _load_results, write_results as _write_results)
 from duat.registry import create_model, parse_name
 from duat.runtime import environment_info, profile as check_profile, seed_everything, select_device
 from duat.runtime import threads as using_threads
-from duat.storage import finish_partial, open_run_dir, save_partial
+from duat.storage import PARTIAL, finish_partial, open_run_dir, save_partial
 from duat.training import engine
 from duat.training.engine import TrainConfig
 
@@ -154,7 +155,8 @@ def run_experiment(name: str, profile: str = "quick", *, out: str | Path | None 
                    data_root: str | None = None, download: bool = True,
                    progress: bool = True, write: bool = True,
                    log: Callable[[str], None] | None = print,
-                   limit: Callable[[dict], bool] | None = None, resume: bool = False) -> dict:
+                   limit: Callable[[dict], bool] | None = None, resume: bool = False,
+                   distributed: Context | None = None) -> dict:
     """Train every run of an experiment and return (and by default write) its results.
 
     seeds / device / threads override the profile's. `limit(run)` may select a slice of
@@ -164,20 +166,31 @@ def run_experiment(name: str, profile: str = "quick", *, out: str | Path | None 
     While it runs, the records so far are kept in `<out>/partial.json` after every run, so
     an interrupted sweep (Ctrl-C, a crash, a closed laptop) loses at most the run in
     progress; `resume=True` (CLI: --resume) continues it, skipping the runs already done.
+
+    distributed (under torchrun, a duat.distributed.Context): every run trains data parallel
+    over the processes (fit's DDP), one run after another; rank 0 alone writes and reports,
+    and every rank returns the same results.
     """
     experiment = get_experiment(name)
     profile = check_profile(profile)
-    plan = _plan_with(experiment.plan(profile), seeds, device, threads)
+    ctx = distributed if distributed is not None and distributed.world > 1 else None
+    plan = _plan_with(experiment.plan(profile), seeds, str(ctx.device) if ctx else device, threads)
     torch_device = select_device(plan.device)
     identity = {"experiment": name, "profile": profile, "plan": _plan_record(plan)}
     out_dir, done = None, {}                            # done: run key -> record
-    if write:
+    if write and ctx is None:
         out_dir, done = _open_folder(name, profile, identity, out, overwrite, resume, limit)
+    elif write:  # rank 0 opens (or refuses) the folder; the others read what it holds
+        opened = ctx.agree(lambda: _open_folder(name, profile, identity, out, overwrite, resume, limit))
+        out_dir, done = opened if ctx.main else _read_folder(name, profile, out, resume)
+    if ctx is not None and not ctx.main:
+        progress, log = False, None
     runs = _select_runs(plan, limit)
 
     def keep(key: str, record: dict) -> None:           # the sweep so far, safe on disk
         done[key] = record
-        save_partial(out_dir, identity, done=done)
+        if ctx is None or ctx.main:
+            save_partial(out_dir, identity, done=done)
 
     t_start = time.perf_counter()
     with using_threads(plan.threads):
@@ -185,7 +198,7 @@ def run_experiment(name: str, profile: str = "quick", *, out: str | Path | None 
         with Progress(len(runs), name, progress, log) as report:
             records = _train_all(name, profile, plan, runs, done, torch_device, env, report,
                                  keep=keep if write else None, out_dir=out_dir, log=log,
-                                 data_root=data_root, download=download)
+                                 data_root=data_root, download=download, distributed=ctx)
     results = {
         "experiment": name, "title": experiment.title, "question": experiment.question,
         "x": experiment.x, "profile": profile, "plan": _plan_record(plan),
@@ -194,9 +207,12 @@ def run_experiment(name: str, profile: str = "quick", *, out: str | Path | None 
         "summary": summarize(records), "records": records,
     }
     if write:
-        write_results(results, out_dir)
-        finish_partial(out_dir)  # complete: results.json holds it all
+        if ctx is None or ctx.main:
+            write_results(results, out_dir)
+            finish_partial(out_dir)  # complete: results.json holds it all
         results["out"] = str(out_dir)
+    if ctx is not None:
+        results["processes"] = ctx.world
     return results
 
 
@@ -226,6 +242,14 @@ def _open_folder(name: str, profile: str, identity: dict, out, overwrite: bool, 
     return out_dir, (saved["done"] if saved else {})
 
 
+def _read_folder(name: str, profile: str, out, resume: bool) -> tuple[Path, dict]:
+    """What rank 0's _open_folder found, read back by another rank (nothing is written)."""
+    path = Path(out) if out is not None else default_output_dir(name, profile)
+    if not resume:
+        return path, {}
+    return path, json.loads((path / PARTIAL).read_text())["done"]
+
+
 def _select_runs(plan: Plan, limit) -> list[dict]:
     runs = [{"variant": v, "seed": s, "model": m}
             for v in plan.variants for s in plan.seeds for m in plan.models]
@@ -237,7 +261,8 @@ def _select_runs(plan: Plan, limit) -> list[dict]:
 
 
 def _train_all(name: str, profile: str, plan: Plan, runs: list[dict], done: dict, device,
-               env: dict, report: Progress, *, keep, out_dir, log, data_root, download) -> list[dict]:
+               env: dict, report: Progress, *, keep, out_dir, log, data_root, download,
+               distributed: Context | None = None) -> list[dict]:
     """Every run not done yet, in order; the records of all (done ones first)."""
     versions = {k: env[k] for k in ("duat", "python", "torch", "torchvision", "numpy", "platform")}
     records: list[dict] = list(done.values())
@@ -251,7 +276,7 @@ def _train_all(name: str, profile: str, plan: Plan, runs: list[dict], done: dict
             if _run_key(r) in done:
                 continue
             splits = _splits(cache, plan, r, data_root, download)
-            record = _train_one(name, profile, plan, r, splits, device, versions)
+            record = _train_one(name, profile, plan, r, splits, device, versions, distributed)
             records.append(record)
             if keep is not None:
                 keep(_run_key(r), record)
@@ -273,7 +298,7 @@ def _splits(cache: dict, plan: Plan, run: dict, data_root, download):
 
 
 def _train_one(name: str, profile: str, plan: Plan, run: dict, splits, device,
-               versions: dict) -> dict:
+               versions: dict, distributed: Context | None = None) -> dict:
     """Train one model from scratch and score it: its record."""
     seed = run["seed"]
     train_loader, val_loader, test_loader = splits.loaders(plan.batch_size, seed=seed)
@@ -284,7 +309,7 @@ def _train_one(name: str, profile: str, plan: Plan, run: dict, splits, device,
     t0 = time.perf_counter()
     seed_everything(seed)
     model = create_model(run["model"], plan.size, **splits.model_kwargs(), **plan.model_overrides)
-    result = engine.fit(model, train_loader, None, config, progress=False)
+    result = engine.fit(model, train_loader, None, config, progress=False, distributed=distributed)
     if result.status != "completed":
         raise KeyboardInterrupt  # a stop inside a sweep ends the sweep
     test = engine.evaluate(model, test_loader)

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from duat.data import dataset_info, load_data
-from duat.distributed.process import Context, launched, setup, teardown
+from duat.distributed.process import Context, launched, run_in_group
 from duat.registry import create_model, model_config
 from duat.runtime import environment_info, seed_everything, select_device
 from duat.storage import atomic_write_json, prepare_output_dir, write_csv, write_figure
@@ -82,12 +82,7 @@ def run(args: argparse.Namespace) -> int:
     data parallel over the launched processes."""
     if not launched():
         return _train(args, None)
-    ctx = setup(args.device)
-    try:
-        with ctx.guard():
-            return _train(args, ctx)
-    finally:
-        teardown()
+    return run_in_group(args.device, lambda ctx: _train(args, ctx))
 
 
 def _train(args: argparse.Namespace, ctx: Context | None) -> int:
