@@ -218,3 +218,31 @@ def test_branch_parallel_on_a_gpu_with_nccl(tmp_path):
     for got in launch("cuda_branch_parallel", tmp_path, nproc=n):
         assert got["backend"] == "nccl" and got["device"].startswith("cuda")
         assert got["logits_gap"] < 1e-4 and got["grad_gap"] < 1e-4    # TF32 may round
+
+
+# ----------------------------------------------------------------------------- duat bench
+
+def test_the_branch_parallel_benchmark_times_every_way_and_checks_the_logits(tmp_path):
+    run = torchrun(["bench", "--impl", "pf-branch-parallel", "--size", "tiny", "--layers", "2", "3",
+                    "--reps", "3", "--warmup", "1", "--out", tmp_path, "--name", "bp"], 2,
+                   timeout=LIMIT, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((tmp_path / "bp" / "results.json").read_text())
+    assert results["processes"] == 2 and results["backend"] == "gloo"
+    assert [(r["n"], r["split_kind"]) for r in results["records"]] == [(2, "contiguous"), (3, "strided")]
+    for r in results["records"]:
+        assert r["max_abs_diff"] < TOL
+        for way in ("one", "split", "reduce", "local"):
+            assert r[way]["median_ms"] > 0
+        assert r["speedup"] == pytest.approx(r["one"]["median_ms"] / r["split"]["median_ms"])
+    assert (tmp_path / "bp" / "branch_parallel.png").stat().st_size > 0
+    assert "max |difference|" in run.stdout
+
+
+def test_the_branch_parallel_benchmark_refuses_what_it_cannot_time(tmp_path):
+    narrow = torchrun(["bench", "--impl", "pf-branch-parallel", "--layers", "1", "--no-save"], 2,
+                      timeout=LIMIT, cwd=tmp_path)
+    assert narrow.returncode != 0 and "--layers of at least 2" in narrow.stderr
+    from conftest import run_cli
+    alone = run_cli("bench", "--impl", "pf-branch-parallel", "--no-save", cwd=tmp_path)
+    assert alone.returncode == 2 and "under torchrun" in alone.stderr
