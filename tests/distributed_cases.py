@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from duat.distributed import (branch_parallel, copy_to_ranks, gather_state_dict, load_split,
                               local_parameters, save_checkpoint, setup, sum_over_ranks, teardown)
-from duat.paraformer import ParaFormer
+from duat.paraformer import _STACKED, ParaFormer
 
 TINY = dict(patch_size=4, dim=16, heads=2)
 
@@ -53,12 +53,7 @@ def case_branch_parallel(ctx, out: Path, split: str, stage: str = "batched") -> 
     if stage == "reference":                           # the stacked gradients, by stacking
         for s, st in enumerate(ref.stages):
             for name, p in ref_batched.stages[s].named_parameters():
-                path = {"norm1_weight": "norm1.weight", "norm1_bias": "norm1.bias",
-                        "qkv_weight": "attn.qkv.weight", "qkv_bias": "attn.qkv.bias",
-                        "proj_weight": "attn.proj.weight", "proj_bias": "attn.proj.bias",
-                        "norm2_weight": "norm2.weight", "norm2_bias": "norm2.bias",
-                        "fc1_weight": "mlp.fc1.weight", "fc1_bias": "mlp.fc1.bias",
-                        "fc2_weight": "mlp.fc2.weight", "fc2_bias": "mlp.fc2.bias"}[name]
+                path = dict(_STACKED)[name]                 # the Block path of a stacked name
                 ref_grads[f"stages.{s}.{name}"] = torch.stack(
                     [b.get_parameter(path).grad for b in st.blocks])
 
