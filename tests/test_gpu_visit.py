@@ -84,6 +84,11 @@ def test_dry_run_runs_every_step_on_the_cpu_and_writes_nothing_into_the_checkout
     summary = json.loads(summaries[0].read_text())
     status = {s["key"]: s["status"] for s in summary["steps"]}
     assert list(status) == list(STEPS)
+    # the log and summary may be committed: they name neither the checkout nor the interpreter
+    for written in (summaries[0], summaries[0].parent / "gpu-visit.log"):
+        text = written.read_text()
+        assert str(REPO) not in text and sys.executable not in text, written.name
+    assert summary["repo"] == "." and "$ python -m pytest" in written.read_text()
     from duat.bench.cli import PRESETS
     if "regime" in PRESETS:
         assert done.returncode == 0, out[-4000:] + done.stderr

@@ -219,11 +219,47 @@ def reads_committed() -> list[str]:
     return found
 
 
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """One wheel built from the checkout, for every test of this section."""
+    return _build_wheel(tmp_path_factory.mktemp("wheel-build"))
+
+
+def machine_paths() -> list[str]:
+    """Absolute paths that belong to this machine: the checkout, the environments, home."""
+    found = {str(REPO), sys.prefix, sys.base_prefix, os.path.realpath(sys.executable),
+             str(Path.home()) + "/"}
+    return sorted(p for p in found if len(p) > 2)
+
+
+# Absolute paths under the usual roots of a machine's own files, whoever built the file
+# (a visit log from a lent GPU machine, say). /tmp is left out: usage examples name it.
+ABSOLUTE = re.compile(rb"(?<![\w.~-])/(?:home|root|opt|work|Users|mnt|srv)/[\w.+-]")
+
+
 @pytest.mark.slow
-def test_the_installed_wheel_runs_the_notebooks_that_read_committed_results(tmp_path):
+def test_no_file_in_the_wheel_names_a_machines_paths(wheel):
+    mine = [p.encode() for p in machine_paths()]
+    leaks = []
+    with zipfile.ZipFile(wheel) as archive:
+        for name in archive.namelist():
+            data = archive.read(name)
+            leaks += [f"{name}: {p.decode()}" for p in mine if p in data]
+            leaks += [f"{name}: {m.group().decode()}..." for m in ABSOLUTE.finditer(data)]
+    assert not leaks, "\n".join(leaks[:20])
+
+
+def test_the_path_scan_finds_a_leak():
+    assert ABSOLUTE.search(b'"executable": "/opt/torch/.venv/bin/python3"')
+    assert ABSOLUTE.search(b"in /work/main") and ABSOLUTE.search(b"to $OUT=/root/out")
+    assert not ABSOLUTE.search(b"--out /tmp/rerun, see docs/method.md and ./runs/x")
+    assert str(REPO) in machine_paths()
+
+
+@pytest.mark.slow
+def test_the_installed_wheel_runs_the_notebooks_that_read_committed_results(tmp_path, wheel):
     assert not tmp_path.resolve().is_relative_to(REPO)
     notebooks = reads_committed()
-    wheel = _build_wheel(tmp_path)
 
     # what the wheel holds: the package and every committed result, nothing else
     names = set(zipfile.ZipFile(wheel).namelist())
