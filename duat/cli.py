@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("duat.training.cli", "train a named model on a dataset"),
     "bench": ("duat.bench", "time serial ViT against Para-Former as depth grows"),
     "reproduce": ("duat.experiments", "run a named experiment and write its results"),
+    "claims": ("duat.experiments.claims",
+               "the paper's claims, the kit's committed measurements and their verdicts"),
 }
 
 

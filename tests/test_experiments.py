@@ -5,6 +5,7 @@ their own records. Training runs here use a tiny plan (two small models, 50 digi
 epoch) monkeypatched into the registry; the real quick plans run with `duat reproduce`."""
 import json
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -73,6 +74,41 @@ def test_paraformer_1_n_and_vit_n_have_equal_parameter_counts(n):
     kw = dict(image_size=8, in_channels=1, num_classes=10, patch_size=4)
     assert count(create_model(f"pf-1-{n}", **kw)) == count(create_model(f"vit-{n}", **kw))
     assert count(create_model(f"pf-1-{n}", **kw)) > count(create_model("vit-1", **kw))
+
+
+@pytest.mark.parametrize("name", ["data-scale", "data-diversity"])
+@pytest.mark.parametrize("profile", ["quick", "full"])
+def test_data_sweeps_run_every_paraformer_next_to_its_serial_twin_of_equal_cost(name, profile):
+    """Para-Former-1-n with n > 1 is compared with ViT-n (same layers, parameters and FLOPs),
+    not only with ViT-1 (about n times smaller), in both profiles."""
+    from duat.counting import count_parameters, flops
+    from duat.registry import parse_name
+
+    plan = ex.get_experiment(name).plan(profile)
+    assert set(plan.models) == {"pf-1-1", "pf-1-4", "pf-1-12", "vit-4", "vit-12"}
+    kw = dict(image_size=8, in_channels=1, patch_size=4)
+    for model in plan.models:
+        m, n = parse_name(model)
+        if n > 1:
+            for k in sorted({v.get("num_classes", 10) for v in plan.variants}):
+                pf, vit = (create_model(x, plan.size, num_classes=k, **kw) for x in (model, f"vit-{n}"))
+                assert f"vit-{n}" in plan.models
+                assert count_parameters(pf) == count_parameters(vit)
+                assert flops(pf.config) == flops(vit.config) and pf.config.layers == vit.config.layers == n
+                assert count_parameters(pf) > 3 * count_parameters(create_model("pf-1-1", plan.size,
+                                                                                num_classes=k, **kw))
+
+
+def test_every_question_points_to_its_section_of_the_method():
+    method = (ROOT / "docs" / "method.md").read_text()
+    for name in NAMES:
+        question = ex.get_experiment(name).question
+        assert question.startswith("docs/method.md 5."), question
+        section = question.split()[1].rstrip(":")
+        assert f"\n### {section} " in method, f"docs/method.md has no section {section}"
+        assert "PAPER" not in question
+    assert ex.get_experiment("data-scale").question.startswith("docs/method.md 5.3:")
+    assert ex.get_experiment("accuracy-vs-width").question.startswith("docs/method.md 5.1:")
 
 
 def test_plan_needs_epochs_or_steps():
@@ -356,6 +392,65 @@ def test_twin_differences_pair_paraformer_with_the_serial_vit_of_equal_size():
                                                                  ("pf-2-2", "vit-4", 0)]
     assert [r["difference"] for r in rows] == pytest.approx([0.02, -0.02, -0.02])
     assert [r["images"] for r in rows] == [2, -2, -2]   # of 100 test images; pf-1-2 has no vit-2 here
+
+
+def test_width_and_size_split_the_gain_of_n_layers_into_arrangement_and_size():
+    recs = []
+    for seed, (one, serial, parallel) in enumerate([(0.80, 0.85, 0.88), (0.82, 0.86, 0.85), (0.78, 0.84, 0.87)]):
+        recs += [record("pf-1-1", seed, one), record("vit-4", seed, serial), record("pf-1-4", seed, parallel),
+                 record("pf-1-4", seed, parallel - 0.1, fraction=0.5)]   # a variant without its twins
+    recs.append(record("pf-1-4", 3, 0.99))                                # a seed without its twins
+    rows = ex.width_and_size({"records": recs}, n=4)
+    assert len(rows) == 1
+    r = rows[0]
+    assert r["seeds"] == [0, 1, 2] and (r["parallel_model"], r["serial_model"]) == ("pf-1-4", "vit-4")
+    assert r["parallel_mean"] == pytest.approx((0.88 + 0.85 + 0.87) / 3)
+    assert r["arrangement_mean"] == pytest.approx((0.03 - 0.01 + 0.03) / 3)     # paired by seed
+    assert r["size_mean"] == pytest.approx((0.05 + 0.04 + 0.06) / 3)
+    assert r["total_mean"] == pytest.approx(r["arrangement_mean"] + r["size_mean"])
+    assert r["arrangement_std"] == pytest.approx(ex.stats([0.03, -0.01, 0.03])["std"])
+    assert (r["arrangement_wins"], r["arrangement_losses"], r["size_wins"]) == (2, 1, 3)
+    assert r["one_image"] == pytest.approx(0.01)                              # 100 test images
+    above = ex.width_and_size({"records": recs}, n=4, metric="test_acc_above_chance")[0]
+    assert above["one_image"] == pytest.approx(0.01 / 0.9)
+    table = ex.plots.format_width_and_size(rows, "fraction").splitlines()
+    assert len(table) == 3 + 1 and "100% of the data" in table[-1] and "+5.0 +- 1.0 (3/3)" in table[-1]
+    with pytest.raises(ValueError, match="no variant"):
+        ex.width_and_size({"records": recs}, n=12)
+    with pytest.raises(ValueError, match="n >= 2"):
+        ex.width_and_size({"records": recs}, n=1)
+
+
+@pytest.mark.parametrize("name", ["data-scale", "data-diversity"])
+def test_committed_data_sweeps_hold_the_equal_cost_comparison(name, monkeypatch):
+    monkeypatch.delenv(RESULTS_ENV, raising=False)
+    results = ex.load_results(name)
+    rows = ex.width_and_size(results, n=12)
+    assert len(rows) == len(ex.get_experiment(name).quick.variants)
+    for r in rows:
+        assert r["seeds"] == [0, 1, 2]
+        assert r["total_mean"] == pytest.approx(r["arrangement_mean"] + r["size_mean"])
+    params = {r["model"]: r["params"] for r in results["records"] if r["num_classes"] == 10}
+    assert params["pf-1-12"] == params["vit-12"] and params["pf-1-4"] == params["vit-4"]
+
+
+def test_committed_results_point_to_the_method_not_a_missing_file(monkeypatch):
+    monkeypatch.delenv(RESULTS_ENV, raising=False)
+    for name in NAMES:
+        folder = ROOT / "duat" / "results" / name
+        assert ex.load_results(name)["question"] == ex.get_experiment(name).question
+        for f in folder.iterdir():
+            if f.suffix in (".json", ".csv"):
+                assert "PAPER.md" not in f.read_text(), f
+        env = json.dumps(ex.load_results(name)["environment"])
+        assert not re.search(r"(^|[\s\"'=])(/|~|[A-Za-z]:\\)", env), env   # no paths of the machine
+
+
+def test_heat_map_colours_span_at_least_two_seed_spreads_each_way():
+    low, high = ex.plots.heatmap_range([[0.94, 0.96]], [[0.004, 0.012]])
+    assert (low, high) == (pytest.approx(0.95 - 0.024), pytest.approx(0.95 + 0.024))
+    low, high = ex.plots.heatmap_range([[0.5, 0.9]], [[0.01, 0.01]])        # wide means: all shown
+    assert (low, high) == (pytest.approx(0.5), pytest.approx(0.9))
 
 
 def test_a_run_that_fails_leaves_no_empty_folder(tiny, tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import torch
 from duat.exercises.core import Wrong, as_numbers, call, cases, compare, exercise, same_number
 from duat.experiments.runs import bootstrap_interval as kit_bootstrap_interval
 from duat.experiments.runs import stats
-from duat.experiments.sweeps import twin_differences
+from duat.experiments.twins import twin_differences
 
 
 def _finite(values: tuple[float, float], case: str, what: str) -> None:

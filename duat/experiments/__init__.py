@@ -51,11 +51,12 @@ from duat.distributed.process import Context, launched, launched_world, run_in_g
 from duat.experiments import finetune, progressive
 from duat.experiments.plots import format_summary, label, plot_sweep, results_frame
 from duat.experiments.runs import bootstrap_interval, default_output_dir, results_folder, stats
+from duat.experiments.twins import twin_differences, width_and_size
 from duat.experiments.sweeps import (CLASS_COUNTS, EXPERIMENTS, FRACTIONS, GRID_M, GRID_N,
                                      GROUP_KEYS, WIDTHS, Experiment, Plan, compare_results,
                                      get_experiment, list_experiments, load_results,
                                      missing_configurations, plot_results, run_experiment,
-                                     summarize, twin_differences, write_results)
+                                     summarize, write_results)
 from duat.runtime import profile as check_profile
 from duat.storage import PARTIAL  # an unfinished run's records (see --resume)
 
@@ -64,7 +65,7 @@ __all__ = ["CLASS_COUNTS", "EXPERIMENTS", "FRACTIONS", "GRID_M", "GRID_N", "GROU
            "default_output_dir", "finetune", "format_summary", "progressive", "get_experiment", "label",
            "list_experiments", "load_results", "missing_configurations", "plot_results",
            "plot_sweep", "results_folder", "results_frame", "run", "run_experiment", "stats",
-           "summarize", "twin_differences", "write_results"]
+           "summarize", "twin_differences", "width_and_size", "write_results"]
 
 
 # ----------------------------------------------------------------------------- the parser

@@ -6,6 +6,8 @@ duat.experiments.runs.write_results saves and closes it.
 """
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -39,6 +41,30 @@ def results_frame(results: dict) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- the sweeps
 
+def heatmap_range(means, spreads, seed_sds: float = 2.0) -> tuple[float, float]:
+    """The colour range of a heat map of means over seeds: centred on the middle of the
+    means, at least `seed_sds` of the largest seed sd to each side (so cells that differ by
+    less than the seed spread get nearly the same colour), wider if the means need it."""
+    means, spreads = np.asarray(means, dtype=float), np.asarray(spreads, dtype=float)
+    low, high = np.nanmin(means), np.nanmax(means)
+    half = max((high - low) / 2, seed_sds * float(np.nanmax(spreads, initial=0.0)), 1e-3)
+    mid = (low + high) / 2
+    return mid - half, mid + half
+
+
+def _twin_styles(df: pd.DataFrame) -> dict:
+    """Line styles of a sweep that holds Para-Former-1-n and ViT-n: one colour per n, solid
+    for the parallel model, dashed for the serial one (ViT-1 = Para-Former-1-1)."""
+    ns = sorted(df["layers"].unique())
+    data = df.assign(**{"n layers": [f"n = {v}" for v in df["layers"]],
+                        "layout": df["family"].map({"vit": "ViT-n (serial)",
+                                                    "paraformer": "Para-Former-1-n (parallel)"})})
+    return dict(data=data, hue="n layers", hue_order=[f"n = {v}" for v in ns], style="layout",
+                style_order=["Para-Former-1-n (parallel)", "ViT-n (serial)"],
+                dashes={"Para-Former-1-n (parallel)": "", "ViT-n (serial)": (4, 2)})
+
+
+
 def plot_sweep(results: dict, title: str | None = None):
     """A sweep's figure, by what it sweeps (results["x"]); `title`: the experiment's
     (default: the one the results file keeps)."""
@@ -61,12 +87,16 @@ def plot_sweep(results: dict, title: str | None = None):
         ax.set_xticks(sorted(data["n"].unique()), labels=[str(v) for v in sorted(data["n"].unique())])
     elif x == "layers":
         fig, (ax_h, ax) = plt.subplots(1, 2, figsize=(11, 4.2))
-        grid = df.groupby(["depth", "width"])["test_acc"].mean().unstack("width")
-        grid = grid.loc[sorted(df.loc[df["width"] > 1, "depth"].unique())]  # the m x n grid only
-        sns.heatmap(grid, annot=True, fmt=".3f", cmap="viridis", ax=ax_h,
-                    cbar_kws={"label": "mean test accuracy"})
+        cells = df.groupby(["depth", "width"])["test_acc"].agg(["mean", "std"])
+        rows = sorted(df.loc[df["width"] > 1, "depth"].unique())       # the m x n grid only
+        grid, spread = (cells[k].unstack("width").loc[rows] for k in ("mean", "std"))
+        low, high = heatmap_range(grid.to_numpy(), cells["std"].to_numpy())  # every model's sd
+        text = grid.map(lambda v: f"{v:.3f}") + "\n+- " + spread.map(lambda v: f"{v:.3f}")
+        sns.heatmap(grid, annot=text, fmt="", cmap="viridis", vmin=low, vmax=high, ax=ax_h,
+                    annot_kws={"fontsize": 8},
+                    cbar_kws={"label": "mean test accuracy (range: at least +-2 seed sd)"})
         ax_h.set(xlabel="n (parallel layers per stage)", ylabel="m (stages in series)",
-                 title="Para-Former-m-n (n = 1: ViT-m)")
+                 title="Para-Former-m-n (n = 1: ViT-m), mean +- sd")
         data = df.assign(series=[f"n = {w}" + (" (ViT-L)" if w == 1 else "") for w in df["width"]])
         sns.lineplot(data=data, x="layers", y="test_acc", hue="series", style="series", markers=True,
                      dashes=False, errorbar=sd, err_style="bars", ax=ax)
@@ -76,23 +106,27 @@ def plot_sweep(results: dict, title: str | None = None):
         ax.set_xticks(ticks, labels=[str(t) for t in ticks])
     elif x == "fraction":
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        sns.lineplot(data=df, x="fraction", y="test_acc", hue="label", style="label", markers=True,
-                     dashes=False, errorbar=sd, err_style="bars", ax=ax)
+        sns.lineplot(x="fraction", y="test_acc", **_twin_styles(df), markers=True,
+                     errorbar=sd, err_style="bars", ax=ax)
         ticks = sorted(df["fraction"].unique())
         ax.set(xscale="log", xlabel="share of the training set (same number of steps)",
                ylabel="test accuracy")
         ax.set_xticks(ticks, labels=[f"{t:.0%}" for t in ticks])
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, title_fontsize=8)
     elif x == "num_classes":
         fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
         for a, y, name in ((ax, "test_acc", "test accuracy"),
                            (ax2, "test_acc_above_chance", "accuracy above chance, (acc - 1/k)/(1 - 1/k)")):
-            sns.lineplot(data=df, x="num_classes", y=y, hue="label", style="label", markers=True,
-                         dashes=False, errorbar=sd, err_style="bars", ax=a)
+            sns.lineplot(x="num_classes", y=y, **_twin_styles(df), markers=True,
+                         errorbar=sd, err_style="bars", ax=a)
             a.set(xlabel="k classes (same number of training images)", ylabel=name)
             a.set_xticks(sorted(df["num_classes"].unique()))
+        ax.get_legend().remove()
+        sns.move_legend(ax2, "upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, title_fontsize=8)
     else:  # pragma: no cover - registry entries use the four above
         raise ValueError(f"no plot for x={x!r}")
-    fig.suptitle(f"{title or results['title']}\n({where}; bars: mean +- 1 sd)", fontsize=10)
+    fig.suptitle(f"{textwrap.fill(title or results['title'], 90)}\n({where}; bars: mean +- 1 sd)",
+                 fontsize=10)
     for a in fig.axes:
         if a.get_ylabel() and "accuracy" in a.get_ylabel():
             a.grid(alpha=0.3)
@@ -142,30 +176,44 @@ def plot_curves(results: dict):
 
 
 def plot_carry_over(results: dict):
-    """What each layout keeps of the serial source: as converted (no training), after a few
-    source-task steps, and the same steps from scratch; then agreement and feature cosine."""
+    """What each layout keeps of the serial source, in up to three panels, each with its own
+    y axis: source-task accuracy (as converted, after a few source-task steps, the same steps
+    from scratch); on the target images, the fraction of predictions agreeing with the
+    source; and the cosine similarity of the pooled features to the source's."""
     rows = results["carry_over"]
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     rows = [r for r in rows if r["dataset"] == datasets[0]]
     labels = [f"{r['layout']}\n{r['assignment']}" for r in rows]
-    metrics = [("source_acc", "source-task accuracy, as converted"),
-               ("source_acc_after", "... after a few source-task steps"),
-               ("source_scratch_after", "same steps from scratch"),
-               ("agreement", "agrees with the source (target images)"),
-               ("feature_cosine", "feature cosine to the source (target images)")]
-    metrics = [(k, l) for k, l in metrics if all(r.get(k) is not None for r in rows)]
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.5 * len(rows) + 2), 3.8))
-    width = 0.8 / len(metrics)
+    panels = [("accuracy on the source's own task", "test accuracy",
+               [("source_acc", "as converted, no training", "C0"),
+                ("source_acc_after", "after a few source-task steps", "C1"),
+                ("source_scratch_after", "same steps from scratch", "C7")]),
+              ("predictions agreeing with the source", "fraction of target images",
+               [("agreement", "agreement", "C2")]),
+              ("pooled features vs the source's", "cosine similarity",
+               [("feature_cosine", "feature cosine", "C4")])]
+    panels = [(title, ylabel, [m for m in metrics if all(r.get(m[0]) is not None for r in rows)])
+              for title, ylabel, metrics in panels]
+    panels = [p for p in panels if p[2]]
+    widths = [max(2.0, 0.9 * len(rows)) * (1.6 if len(p[2]) > 1 else 1.0) for p in panels]
+    fig, axes = plt.subplots(1, len(panels), figsize=(sum(widths) + 1.0, 4.2), squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
     x = np.arange(len(rows))
-    for i, (key, name) in enumerate(metrics):
-        ax.bar(x + (i - (len(metrics) - 1) / 2) * width, [r[key] for r in rows], width, label=name)
-    ax.set_xticks(x, labels, fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("fraction")
-    ax.set_title("The serial source's blocks in each layout: as converted, and after a few "
-                 "source-task steps", fontsize=10)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.grid(axis="y", alpha=0.3)
+    for ax, (title, ylabel, metrics) in zip(axes[0], panels):
+        width = 0.8 / len(metrics)
+        for i, (key, name, color) in enumerate(metrics):
+            ax.bar(x + (i - (len(metrics) - 1) / 2) * width, [r[key] for r in rows], width,
+                   label=name, color=color)
+        low = min(0.0, min(r[key] for r in rows for key, _, _ in metrics))
+        ax.set_xticks(x, labels, fontsize=7)
+        ax.set_ylim(low, 1.05)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+        if len(metrics) > 1:
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=len(metrics))
+    fig.suptitle("The serial source's blocks in each layout (right two panels: on the target "
+                 "images)", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -189,6 +237,41 @@ def format_summary(results: dict, metric: str = "test_acc") -> str:
                      f"{r[f'{metric}_mean']:.4f} +- {r[f'{metric}_std']:.4f} "
                      f"(min {r[f'{metric}_min']:.4f}, max {r[f'{metric}_max']:.4f}, {r['seeds']} seeds)"
                      + extra)
+    return "\n".join(lines)
+
+
+def variant_label(row: dict, x: str) -> str:
+    """A data variant as a table shows it: '10 %' of the data, '5 classes x 50', or 'all data'."""
+    if x == "fraction":
+        return f"{row['fraction']:.0%} of the data"
+    if x == "num_classes" and row.get("per_class") is not None:
+        return f"{row['num_classes']} classes x {row['per_class']}"
+    return "all data"
+
+
+def format_width_and_size(rows: list[dict], x: str) -> str:
+    """duat.experiments.twins.width_and_size's rows as a plain-text table, in points
+    (100 x the metric): the three models' mean +- sd over seeds, then the three paired
+    differences with the seeds each is above zero ('wins'), and one test image in points."""
+    def ms(row, key, sign=""):
+        return f"{100 * row[f'{key}_mean']:{sign}.1f} +- {100 * row[f'{key}_std']:.1f}"
+
+    r0 = rows[0]
+    par, ser, one = (label(r0[f"{k}_model"]) for k in ("parallel", "serial", "single"))
+    width = max(len(par), 16)
+    head = (f"{'':20s} {one:>13s} {ser:>13s} {par:>{width}s}  "
+            + "".join(f"{h:>19s}" for h in ("arrangement", "size", "total")) + "  one image")
+    metric = {"test_acc": "test accuracy",
+              "test_acc_above_chance": "accuracy above chance"}.get(r0["metric"], r0["metric"])
+    lines = [f"{metric} in points, mean +- sd over seeds; the differences paired by seed "
+             f"(wins: the seeds where it is above zero)",
+             f"arrangement = {par} - {ser} (equal parameters and FLOPs), size = {ser} - {one}, "
+             f"total = {par} - {one} = arrangement + size", head]
+    for r in rows:
+        n = len(r["seeds"])
+        diffs = "".join(f" {ms(r, k, '+'):>12s} ({r[f'{k}_wins']}/{n})" for k in ("arrangement", "size", "total"))
+        lines.append(f"{variant_label(r, x):20s} {ms(r, 'single'):>13s} {ms(r, 'serial'):>13s} "
+                     f"{ms(r, 'parallel'):>{width}s}  {diffs}  {100 * r['one_image']:.2f}")
     return "\n".join(lines)
 
 

@@ -93,6 +93,7 @@ _QUICK = dict(dataset="digits", size="tiny", model_overrides={"patch_size": 4}, 
 _FULL = dict(dataset="cifar10", size="small", model_overrides={}, seeds=(0, 1, 2),
              batch_size=128, lr=1e-3, label_smoothing=0.1, device="auto", threads=None)
 FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+SCALE_WIDTHS = (1, 4, 12)   # data scale and diversity: Para-Former-1-n and its serial twin ViT-n
 CLASS_COUNTS = (2, 5, 10)
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
@@ -113,22 +114,24 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
         full=Plan(models=_grid_models((1, 2, 3, 4), (1, 2, 4)), epochs=100, **_FULL)),
     Experiment(
         "data-scale",
-        "Accuracy against the share of the training set (10 % to 100 %), for n = 1, 4 and 12",
+        "Accuracy against the share of the training set (10 % to 100 %): Para-Former-1-n next to "
+        "ViT-n (same parameters and FLOPs), n = 1, 4 and 12",
         "docs/method.md 5.3: data scale strongly influences the results",
         "fraction",
-        quick=Plan(models=("pf-1-1", "pf-1-4", "pf-1-12"),
+        quick=Plan(models=_width_models(SCALE_WIDTHS),
                    variants=tuple({"fraction": f} for f in FRACTIONS), steps=300, **_QUICK),
-        full=Plan(models=_width_models((1, 4, 12)),
+        full=Plan(models=_width_models(SCALE_WIDTHS),
                   variants=tuple({"fraction": f} for f in FRACTIONS), steps=40000, **_FULL)),
     Experiment(
         "data-diversity",
-        "Accuracy against the number of classes (2, 5, 10) at the same number of training images",
+        "Accuracy against the number of classes (2, 5, 10) at the same number of training images: "
+        "Para-Former-1-n next to ViT-n (same parameters and FLOPs), n = 1, 4 and 12",
         "docs/method.md 5.3: data diversity strongly influences the results",
         "num_classes",
-        quick=Plan(models=("pf-1-1", "pf-1-4", "pf-1-12"),
+        quick=Plan(models=_width_models(SCALE_WIDTHS),
                    variants=tuple({"num_classes": k, "per_class": 250 // k} for k in CLASS_COUNTS),
                    steps=250, **_QUICK),
-        full=Plan(models=_width_models((1, 4, 12)),
+        full=Plan(models=_width_models(SCALE_WIDTHS),
                   variants=tuple({"num_classes": k, "per_class": 5000 // k} for k in CLASS_COUNTS),
                   steps=20000, **_FULL)),
 ]}
@@ -372,27 +375,6 @@ def summarize(records: Sequence[dict], metrics: Sequence[str] = ("test_acc", "te
             row.update({f"{m}_{stat}": s[stat] for stat in ("mean", "std", "min", "max")})
         row["test_samples"] = rs[0]["test_samples"]
         rows.append(row)
-    return rows
-
-
-def twin_differences(results: dict, metric: str = "test_acc") -> list[dict]:
-    """Para-Former-m-n minus its serial twin ViT-(m*n) (same parameter count), paired by seed
-    and data variant: one row per Para-Former run with n > 1 whose twin was run too."""
-    twins = {(r["model"], r["seed"], r["fraction"], r["per_class"], r["num_classes"]): r
-             for r in results["records"] if r["width"] == 1}
-    rows = []
-    for r in results["records"]:
-        if r["width"] == 1:
-            continue
-        twin = twins.get((f"vit-{r['layers']}", r["seed"], r["fraction"], r["per_class"], r["num_classes"]))
-        if twin is None:
-            continue
-        diff = r[metric] - twin[metric]
-        rows.append({"model": r["model"], "twin": twin["model"], "depth": r["depth"],
-                     "width": r["width"], "layers": r["layers"], "seed": r["seed"],
-                     "fraction": r["fraction"], "per_class": r["per_class"],
-                     "num_classes": r["num_classes"], "difference": diff,
-                     "images": round(diff * r["test_samples"]), "test_samples": r["test_samples"]})
     return rows
 
 
