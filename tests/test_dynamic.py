@@ -1,5 +1,6 @@
 """Static vs dynamic UAT (docs/method.md section 3): the dynamic model is what it claims to be,
 the comparison is at equal parameter count, and the experiment reports finite errors."""
+import inspect
 import math
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 
 from duat.theory.dynamic import (DynamicUAT, format_summary, matched_static_width, static_vs_dynamic,
                                  summarize)
-from duat.theory.uat import UAT, count_parameters
+from duat.theory.uat import TARGETS, UAT, count_parameters
 
 
 def test_dynamic_parameters_depend_on_x_only_where_asked():
@@ -62,6 +63,12 @@ def test_experiment_records_and_summary():
         assert abs(r["static_params"] - r["dynamic_params"]) <= 2
         assert r["ratio"] == pytest.approx(r["dynamic_rmse"] / r["static_rmse"])
     assert "kinked2d" in format_summary(rows)
+
+
+def test_the_default_comparison_covers_every_target():
+    # notebook 03's table: all six targets of notebook 01, none left out silently
+    default = inspect.signature(static_vs_dynamic).parameters["targets"].default
+    assert default == tuple(TARGETS) and len(default) == 6 and "kinked2d" in default
 
 
 def test_training_reduces_error_for_both_models():

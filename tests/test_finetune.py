@@ -181,3 +181,19 @@ def test_a_layout_that_does_not_fit_the_source_is_refused_before_training(tmp_pa
         run_experiment("quick", out=tmp_path / "run", progress=False, layouts=("pf-3-3",))
     assert not (tmp_path / "run").exists()
     assert make_spec("quick", layouts=("pf-1-2",), select="last").layouts == ("pf-1-2",)
+
+
+def test_the_carry_over_figure_gives_each_quantity_its_own_axis():
+    # accuracy, the agreement (a fraction of images) and the cosine (a similarity) are
+    # different quantities: one panel, one y label each, none a catch-all "fraction"
+    import matplotlib.pyplot as plt
+
+    from duat.experiments.plots import plot_carry_over
+
+    fig = plot_carry_over(load_results(REPO / "duat" / "results" / "finetune"))
+    try:
+        labels = [ax.get_ylabel() for ax in fig.axes]
+        assert labels == ["test accuracy", "fraction of target images", "cosine similarity"]
+        assert [len(ax.patches) for ax in fig.axes] == [3 * 4, 4, 4]   # 4 committed layouts
+    finally:
+        plt.close(fig)

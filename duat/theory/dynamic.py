@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from duat.checks import whole
-from duat.theory.uat import UAT, count_parameters, errors, fit_adam, get_target, make_data
+from duat.theory.uat import TARGETS, UAT, count_parameters, errors, fit_adam, get_target, make_data
 
 DYNAMIC = ("alpha", "theta")
 
@@ -75,12 +75,12 @@ def _fit_and_score(model, data, steps, lr):
     return {"train_rmse": losses[-1] ** 0.5, "test_rmse": test, "seconds": time.perf_counter() - start}
 
 
-def static_vs_dynamic(targets=("smooth1d", "kinked1d", "oscillating1d", "smooth2d", "oscillating2d"),
-                      N: int = 12, k: int = 4, activation: str = "tanh",
+def static_vs_dynamic(targets=tuple(TARGETS), N: int = 12, k: int = 4, activation: str = "tanh",
                       dynamic: tuple[str, ...] = DYNAMIC, steps: int = 1500, lr: float = 1e-2,
                       seeds=(0,), n_test: int = 1000) -> list[dict]:
     """Train a dynamic UAT (N units, hypernetwork width k) and a static UAT of matched size
-    on each target, with the same Adam budget; one record per (target, model, seed)."""
+    on each target (default: all six of duat.theory.uat.TARGETS, 1-D and 2-D), with the same
+    Adam budget; one record per (target, model, seed)."""
     records = []
     for name in targets:
         target = get_target(name)
