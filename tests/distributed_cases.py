@@ -122,12 +122,19 @@ def case_pair(ctx, out: Path) -> dict:
     return {"ours": ours, "torch_nn_all_reduce": x.grad.tolist()}
 
 
-def case_ddp(ctx, out: Path) -> dict:
+DDP_BATCH = {"ddp": 24, "ddp_uneven": 25, "ddp_unweighted": 25}   # 25 rows: 13 on rank 0, 12 on rank 1
+
+
+def case_ddp(ctx, out: Path, case: str = "ddp") -> dict:
+    """Data parallel training (the global batch: DDP_BATCH[case]). `ddp_unweighted` plants
+    a bug: every rank's mean loss weighted 1, wrong whenever the rows do not split evenly."""
     from duat.data import load_data
     from duat.storage import atomic_torch_save
     from duat.training.engine import TrainConfig, fit
 
-    train, _, _ = load_data("digits", per_class=12, seed=0).loaders(batch_size=24, seed=0)
+    if case == "ddp_unweighted":
+        ctx.loss_share = lambda rows, global_rows: 1.0
+    train, _, _ = load_data("digits", per_class=12, seed=0).loaders(batch_size=DDP_BATCH[case], seed=0)
     torch.manual_seed(0)
     model = ParaFormer(**TINY, depth=1, width=2)
     config = TrainConfig(epochs=2, lr=3e-3, device="cpu", seed=0, warmup_epochs=0.5)
@@ -164,7 +171,9 @@ def case_hold(ctx, out: Path) -> dict:
 CASES = {"branch_parallel_contiguous": lambda c, o: case_branch_parallel(c, o, "contiguous"),
          "branch_parallel_strided": lambda c, o: case_branch_parallel(c, o, "strided"),
          "branch_parallel_reference": lambda c, o: case_branch_parallel(c, o, "strided", "reference"),
-         "cuda_branch_parallel": case_cuda_branch_parallel, "pair": case_pair, "ddp": case_ddp, "sweep": case_sweep, "hold": case_hold}
+         "cuda_branch_parallel": case_cuda_branch_parallel, "pair": case_pair,
+         **{name: (lambda c, o, name=name: case_ddp(c, o, name)) for name in DDP_BATCH},
+         "sweep": case_sweep, "hold": case_hold}
 
 
 def main(case: str, out: str) -> int:

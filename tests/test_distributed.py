@@ -75,25 +75,46 @@ def test_f_and_g_sum_the_input_gradient_once(tmp_path):
         assert got["torch_nn_all_reduce"] == [6.0, 6.0, 6.0]   # summed again: world times
 
 
-def test_ddp_ends_with_the_single_process_weights(tmp_path):
+def _one_process_ddp_case(batch_size: int):
+    """What case_ddp trains, in this one process: (model, FitResult)."""
     from duat.data import load_data
     from duat.paraformer import ParaFormer
     from duat.training.engine import TrainConfig, fit
 
-    ranks = launch("ddp", tmp_path)
-    train, _, _ = load_data("digits", per_class=12, seed=0).loaders(batch_size=24, seed=0)
+    train, _, _ = load_data("digits", per_class=12, seed=0).loaders(batch_size=batch_size, seed=0)
     torch.manual_seed(0)
     model = ParaFormer(patch_size=4, dim=16, heads=2, depth=1, width=2)
     config = TrainConfig(epochs=2, lr=3e-3, device="cpu", seed=0, warmup_epochs=0.5)
-    result = fit(model, train, None, config, progress=False)
-    ddp = load_tensors(tmp_path / "ddp.pt", "state dict")
-    gaps = {k: (ddp[k] - v).abs().max().item() for k, v in model.state_dict().items()}
-    assert max(gaps.values()) < TOL, max(gaps.items(), key=lambda kv: kv[1])
+    return model, fit(model, train, None, config, progress=False)
+
+
+@pytest.mark.parametrize("case,batch", [("ddp", 24), ("ddp_uneven", 25)])
+def test_ddp_ends_with_the_single_process_weights(case, batch, tmp_path):
+    # 25 rows split 13 / 12: Context.loss_share must weight the ranks' mean losses. The key
+    # biases are set apart (their gradient is zero in exact arithmetic: AdamW walks them on
+    # rounding noise; duat.distributed.agreement); the rest is rounding, grown by 10 steps.
+    from duat.distributed.agreement import weight_gap
+
+    ranks = launch(case, tmp_path)
+    model, result = _one_process_ddp_case(batch)
+    gap = weight_gap(model.state_dict(), load_tensors(tmp_path / "ddp.pt", "state dict"))
+    assert gap.rest < TOL, gap
     for got in ranks:
-        assert got["steps"] == result.step == 10      # 120 examples, batch 24, 2 epochs
+        assert got["steps"] == result.step == 10      # 120 examples, batch 24 or 25, 2 epochs
         last, want = got["history"][-1], result.history[-1]
         assert abs(last["train_loss"] - want["train_loss"]) < TOL
     assert [got["wrote_checkpoint"] for got in ranks] == [True, False]   # rank 0 only
+
+
+def test_the_ddp_weight_check_catches_a_wrong_loss_weighting(tmp_path):
+    """The comparison above has the power to see a real bug: every rank's mean loss weighted
+    1 where the rows split 13 / 12 ends far outside TOL."""
+    from duat.distributed.agreement import weight_gap
+
+    launch("ddp_unweighted", tmp_path)
+    model, _ = _one_process_ddp_case(25)
+    gap = weight_gap(model.state_dict(), load_tensors(tmp_path / "ddp.pt", "state dict"))
+    assert gap.rest > 10 * TOL, gap
 
 
 def test_a_sweep_trains_data_parallel_and_rank_0_writes_it(tmp_path):
@@ -246,3 +267,66 @@ def test_the_branch_parallel_benchmark_refuses_what_it_cannot_time(tmp_path):
     from conftest import run_cli
     alone = run_cli("bench", "--impl", "pf-branch-parallel", "--no-save", cwd=tmp_path)
     assert alone.returncode == 2 and "under torchrun" in alone.stderr
+
+
+def test_the_committed_runs_table_names_each_model_and_what_its_speed_up_measures():
+    from duat.bench import branch_parallel as bp
+
+    runs = {p.parent.name: bp.load(p) for p in bp.saved_runs()}
+    table = bp.speedup_table(runs)
+    assert len(table) == sum(len(r["records"]) for r in runs.values())
+    for name, r in runs.items():
+        rows = table[table["run"] == name]
+        spec = r["spec"]
+        assert set(rows["image"]) == {spec["image_size"]}
+        assert set(rows["D"]) == {bp.model_of(r)["D"]}
+        assert set(rows["measures"]) == {bp.SPLIT if r["processes"] > 1 else bp.WRAPPER}
+        assert f"D = {bp.model_of(r)['D']}" in bp.describe(name, r)
+    gpu = table[table["run"] == "cuda-h200-1x1-2026-12-04"]
+    assert set(gpu["D"]) == {384} and set(gpu["image"]) == {224} and set(gpu["tokens"]) == {197}
+    assert set(gpu["measures"]) == {bp.WRAPPER} and set(gpu["W"]) == {1}
+    assert set(table[table["run"] == "cpu2-2x1-2026-12-04"]["D"]) == {192}
+    grid = bp.speedup_grid(table)
+    assert list(grid.index.names) == ["run", "model", "measures", "B"]
+    assert grid.loc[("cpu16-8x1-2026-12-04", "small, D 192, 32 px", bp.SPLIT, 16), 24] == 1.44
+
+
+# ----------------------------------------------------------------------------- weight_gap
+
+def test_weight_gap_sets_the_key_biases_apart_and_scales_by_the_largest_weight():
+    from duat.distributed.agreement import DDP_TOLERANCE, weight_gap
+    from duat.registry import create_model
+
+    for stage, name in (("batched", "stages.0.qkv_bias"), ("reference", "stages.0.blocks.1.attn.qkv.bias")):
+        one = create_model("pf-1-2", stage=stage).state_dict()
+        two = {k: v.clone() for k, v in one.items()}
+        D = one[name].shape[-1] // 3
+        two[name][..., D:2 * D] += 0.05                 # a key bias: apart from the rest
+        two["head.weight"][0, 0] += 1e-6
+        gap = weight_gap(one, two)
+        assert gap.key_bias == pytest.approx(0.05, rel=1e-3)
+        assert gap.rest == pytest.approx(1e-6, rel=0.05) and gap.worst == "head.weight"
+        assert gap.scale == max(v.abs().max().item() for v in one.values())
+        assert gap.relative == gap.rest / gap.scale and gap.within(DDP_TOLERANCE)
+        two[name][..., 2 * D:] += 0.05                  # a value bias counts
+        assert weight_gap(one, two).rest == pytest.approx(0.05, rel=1e-3)
+        assert not weight_gap(one, two).within(DDP_TOLERANCE)
+    with pytest.raises(ValueError, match="different tensors"):
+        weight_gap(one, {k: v for k, v in one.items() if k != "head.bias"})
+
+
+def test_the_key_bias_gets_no_gradient_in_exact_arithmetic():
+    """Why weight_gap sets the key biases apart: the softmax ignores q . b_k, a shift shared
+    by every key of a query, so their gradient is zero and a float32 run's is rounding noise."""
+    import torch.nn.functional as F
+
+    from duat.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model("pf-1-2").double()
+    x, y = torch.randn(6, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (6,))
+    F.cross_entropy(model(x), y).backward()
+    g = model.stages[0].qkv_bias.grad                   # (n, 3D): q, k, v
+    D = g.shape[-1] // 3
+    assert g[:, D:2 * D].abs().max() < 1e-15
+    assert g[:, :D].abs().max() > 1e-5 and g[:, 2 * D:].abs().max() > 1e-3

@@ -19,7 +19,10 @@ brought every rank's share, so it is the slowest rank's latency. Before timing, 
 model's logits are checked against the whole model's (max |difference| in the record).
 
 Results (rank 0 writes them): branch-parallel/<device>-<W>x<t>-DATE/ of
-duat.locations.output_dir(): results.json, results.csv, branch_parallel.png.
+duat.locations.output_dir(): results.json, results.csv, branch_parallel.png. Reading them
+(notebook 12): saved_runs, load, describe (the machine and the model's size: runs differ in
+D and image size), speedup_table and speedup_grid (a run of one process splits nothing:
+its one / split is labelled as the wrapper's cost, not a speed-up).
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import pandas as pd
 import torch
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
@@ -37,7 +41,7 @@ from duat.bench.timing import summarize, time_calls
 from duat.distributed.branches import branch_parallel
 from duat.distributed.process import Context, launched, run_in_group
 from duat.locations import committed, output_dir
-from duat.registry import create_model
+from duat.registry import create_model, model_config
 from duat.storage import atomic_write_json, prepare_output_dir, read_results, write_csv, write_figure
 
 NAME = "pf-branch-parallel"
@@ -159,7 +163,9 @@ def format_table(results: dict) -> str:
                      f"{r['reduce']['median_ms']:>8.3f} ms  {r['local']['median_ms']:>9.2f} ms  "
                      f"x{r['speedup']:>7.2f}")
     lines.append(f"median ms (IQR); {results['backend']} on {results['environment'].get('device_name', '?')}; "
-                 "speed-up = one / split, above 1: the split is faster")
+                 "speed-up = one / split, above 1: the split is faster"
+                 + ("" if W > 1 else " (one process: nothing is split, the ratio is the wrapper's cost)"))
+    lines.append(f"model: {model_text(results)}")
     worst = max(r["max_abs_diff"] for r in results["records"])
     lines.append(f"the split model's logits against the whole model's, checked before timing: "
                  f"max |difference| {worst:.1e} (a run stops above {MAX_DIFF:g})")
@@ -211,6 +217,65 @@ def plot(results: dict, axes=None):
                             fontsize=10)
     axes[0].figure.tight_layout()
     return axes[0].figure
+
+
+# ----------------------------------------------------------------------------- reading runs
+
+SPLIT = "split over W"
+WRAPPER = "W = 1: wrapper only, no split"
+
+
+def model_of(results: dict) -> dict:
+    """The model a run timed, Para-Former-1-n at the run's size: registry size, token width
+    D, heads, image and patch size, tokens per image (patches + class token)."""
+    spec = results["spec"]
+    kw = {"image_size": spec["image_size"], "in_channels": spec["in_channels"]}
+    if spec.get("patch_size") is not None:
+        kw["patch_size"] = spec["patch_size"]
+    c = model_config("pf-1-1", spec["size"], **kw)
+    return {"size": spec["size"], "D": c.dim, "heads": c.heads, "image": c.image_size,
+            "patch": c.patch_size, "tokens": c.num_tokens}
+
+
+def model_text(results: dict) -> str:
+    m = model_of(results)
+    return (f"Para-Former-1-n, size {m['size']} (D = {m['D']}, {m['heads']} heads), "
+            f"{m['image']} px images in {m['patch']} px patches ({m['tokens']} tokens)")
+
+
+def describe(name: str, results: dict) -> str:
+    """One line: the run's processes, backend and machine, and the model it timed."""
+    env, W = results["environment"], results["processes"]
+    if env.get("device") == "cuda":
+        where = f"{W} process(es), {results['backend']} on {env.get('device_name', '?')}"
+    else:
+        where = (f"{W} x {results['threads_per_process']} thread(s), {results['backend']} on "
+                 f"{env.get('cpu', '?')}, {env.get('cpu_count', '?')} cores")
+    return f"{name}: {where}; {model_text(results)}"
+
+
+def speedup_table(runs: dict[str, dict]) -> pd.DataFrame:
+    """Every (run, n, batch) of saved runs: the model's size, the four medians (ms) and
+    speed-up = one / split. `measures` says what the speed-up is: a split over W > 1
+    processes, or, in a run of one process, the branch-parallel wrapper's own cost
+    (nothing is split; it cannot be read as a split's speed-up)."""
+    rows = []
+    for name, r in runs.items():
+        m, W = model_of(r), r["processes"]
+        for rec in r["records"]:
+            rows.append({"run": name, "W": W, "model": f"{m['size']}, D {m['D']}, {m['image']} px",
+                         "D": m["D"], "image": m["image"], "tokens": m["tokens"],
+                         "measures": SPLIT if W > 1 else WRAPPER, "n": rec["n"], "B": rec["batch"],
+                         "one ms": rec["one"]["median_ms"], "split ms": rec["split"]["median_ms"],
+                         "all-reduce ms": rec["reduce"]["median_ms"],
+                         "own branches ms": rec["local"]["median_ms"], "speed-up": rec["speedup"]})
+    return pd.DataFrame(rows)
+
+
+def speedup_grid(table: pd.DataFrame) -> pd.DataFrame:
+    """speedup_table's speed-ups, n across: a row per run, model, what it measures, batch."""
+    return table.pivot_table(index=["run", "model", "measures", "B"], columns="n",
+                             values="speed-up").round(2)
 
 
 def saved_runs(root: str | Path | None = None) -> list[Path]:

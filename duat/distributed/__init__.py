@@ -12,8 +12,10 @@ Two ways to use N processes (docs/method.md section 8):
 - data parallelism (duat.distributed.process and duat.training.fit): every rank keeps the
   whole model and takes its rows of each global batch; DDP averages the gradients.
 
-gloo on a CPU, NCCL on GPUs (one rank per GPU), chosen by `setup()`.
+gloo on a CPU, NCCL on GPUs (one rank per GPU), chosen by `setup()`. Whether W processes
+ended with the one-process weights: `weight_gap` (duat.distributed.agreement).
 """
+from duat.distributed.agreement import DDP_TOLERANCE, WeightGap, weight_gap
 from duat.distributed.branches import (SPLITS, BranchParallelStage, branch_parallel,
                                        copy_to_ranks, gather_state_dict, load_split,
                                        local_parameters, save_checkpoint, split_branches,
@@ -22,8 +24,8 @@ from duat.distributed.process import (Context, DistributedError, ShardedLoader, 
                                       launched_world, run_in_group, setup, teardown,
                                       timeout_s)
 
-__all__ = ["SPLITS", "BranchParallelStage", "Context", "DistributedError", "ShardedLoader",
+__all__ = ["DDP_TOLERANCE", "SPLITS", "BranchParallelStage", "Context", "DistributedError", "ShardedLoader",
            "branch_parallel", "copy_to_ranks", "gather_state_dict", "launched", "launched_world",
            "load_split",
            "local_parameters", "run_in_group", "save_checkpoint", "setup", "split_branches", "sum_over_ranks",
-           "teardown", "timeout_s"]
+           "teardown", "timeout_s", "WeightGap", "weight_gap"]
