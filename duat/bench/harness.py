@@ -284,6 +284,15 @@ def environment(device: torch.device, spec: BenchSpec) -> dict:
             "cpu_row_budget": ParallelStage.cpu_row_budget}
 
 
+def load_average() -> float | None:
+    """The machine's 1-minute load average (runnable processes, all cores together), or None
+    where the system does not say: on a shared machine, what the timings competed with."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):  # not a POSIX system that says
+        return None
+
+
 def run_benchmark(spec: BenchSpec | None = None, progress: Callable[[str], None] | None = None,
                   measure_peak: bool = True) -> dict:
     """Time every (D, batch, L, implementation, variant) of `spec`; return the results dict.
@@ -295,7 +304,8 @@ def run_benchmark(spec: BenchSpec | None = None, progress: Callable[[str], None]
     into `rounds` that cycle over the cases, so slow drifts in machine load hit every case
     alike; the matmul peak and the per-op overhead are timed between those rounds, so they
     see the same machine. A sweep whose largest case would not fit in memory is refused
-    before anything is timed.
+    before anything is timed. The environment records the machine's load average at the
+    start and at the end (load_average), what the timings competed with.
     """
     spec = spec if spec is not None else BenchSpec()
     if not isinstance(spec, BenchSpec):
@@ -304,6 +314,7 @@ def run_benchmark(spec: BenchSpec | None = None, progress: Callable[[str], None]
     say = progress or (lambda msg: None)
     with threads(spec.threads):
         env = environment(device, spec)
+        load_start = load_average()
         skipped = {}
         impls = list(spec.implementations)
         if "timm-parallel" in impls and timm_available() is not None:
@@ -342,6 +353,7 @@ def run_benchmark(spec: BenchSpec | None = None, progress: Callable[[str], None]
         for r in records:
             add_roofline(r, peak["gflops"] if peak else None)
             add_overhead_model(r, overhead["us_per_op"] if overhead else None)
+        env["load_average"] = [load_start, load_average()]   # at the start and at the end
         return {"spec": spec.to_dict(), "environment": env, "peak": peak, "overhead": overhead,
                 "skipped": skipped, "records": records}
 
