@@ -325,7 +325,7 @@ def single_device_claim(res: dict, name: str) -> Claim:
     hits = sum(c[1] <= THRESHOLDS["flat"] for c in cases)
     return Claim(f"latency:{name}", LATENCY, "method.md 5.2, 4", text, device_label(res["environment"]),
                  f"timings: medians of {spec.get('reps', '?')} calls", cap(share_verdict(hits, len(cases))),
-                 "B", f"notebook 12 · duat/results/branch-parallel/{name}")
+                 "B", f"notebooks 05, 12 · duat/results/branch-parallel/{name}")
 
 
 def device_claims(runs: dict[str, dict]) -> list[Claim]:
