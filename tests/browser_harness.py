@@ -2,8 +2,12 @@
 temporary configuration, and a headless Chromium page driven by Playwright.
 
 Every request that does not go to the local server is aborted, so the tests never touch
-the network. Used by tests/test_browser.py; kept out of the package because only tests
-need it.
+the network. Used by tests/test_browser.py, and to redo the README's picture of the
+explorer (`explorer_screenshot`):
+
+    .venv/bin/python tests/browser_harness.py screenshot docs/explorer.png
+
+Kept out of the package because only tests and that picture need it.
 """
 from __future__ import annotations
 
@@ -148,3 +152,76 @@ def drag_slider(page, slider, fraction: float) -> None:
     page.mouse.down()
     page.mouse.move(track["x"] + track["width"] * fraction, y, steps=12)
     page.mouse.up()
+
+
+def explorer_screenshot(out: str | Path, notebook: str | Path | None = None,
+                        chromium: str | None = None, width_n: int = 8, tries: int = 3,
+                        viewport_width: int = 1280) -> Path:
+    """The README's picture of the explorer (docs/explorer.png), taken in a real browser.
+
+    Serves notebook 09 as a Voila page (which runs it: a first Measure at Para-Former-1-4
+    and a training run), moves the width slider with the keyboard to `width_n`, presses
+    Measure (again, `tries` times at most, while the page says "Too noisy"), and saves the
+    page from the heading "The dashboard" down to the latency plot. The introduction and
+    its Colab badge (an image from the web, which this page may not load) are left out.
+    The PNG is reduced to 256 colours and carries no text metadata. Returns the path written.
+    """
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    out = Path(out)
+    root = Path(__file__).resolve().parents[1]
+    notebook = Path(notebook) if notebook else root / "notebooks" / "09_explorer.ipynb"
+    chromium = chromium or find_chromium()
+    if chromium is None:
+        raise RuntimeError("no Chromium found (Debian: apt-get install chromium; or set DUAT_CHROMIUM)")
+    with tempfile.TemporaryDirectory(prefix="duat-shot-") as tmp, \
+            notebook_server("voila", notebook, Path(tmp)) as (url, _), \
+            chromium_page(chromium, width=viewport_width) as page:
+        page.goto(url, timeout=300_000)
+        page.wait_for_selector(".widget-slider", timeout=300_000)
+        table = page.locator(".duat-table").first
+        message = page.locator(".widget-tab .widget-html").first   # the explorer's message line
+        expect(table).to_contain_text("Para-Former-1-4", timeout=60_000)
+        handle = page.locator(".widget-slider:has-text('width n')").first.locator(".noUi-handle").first
+        now = int(page.locator(".widget-slider:has-text('width n') .widget-readout").first.inner_text())
+        handle.focus()
+        for _ in range(abs(width_n - now)):
+            page.keyboard.press("ArrowRight" if width_n > now else "ArrowLeft")
+        expect(table).to_contain_text(f"Para-Former-1-{width_n}", timeout=30_000)
+        for _ in range(tries):
+            before = message.inner_text()
+            page.locator("button:has-text('Measure')").first.click()
+            expect(message).not_to_have_text(before, timeout=120_000)
+            expect(message).to_contain_text(f"Para-Former-1-{width_n}: ", timeout=120_000)
+            if "Too noisy" not in message.inner_text():
+                break
+        plot = page.locator(".widget-tab img.widget-image").first   # the latency plot
+        page.wait_for_function("img => img.complete && img.naturalHeight > 0", arg=plot.element_handle())
+        page.wait_for_timeout(1000)   # the page settles: the image drawn, the table laid out
+        # Voila scrolls its cells inside a container of the window's height, so a "full page"
+        # is one window: make the window tall enough instead, with nothing scrolled.
+        heading = page.locator("h2:has-text('The dashboard')").first
+        for _ in range(2):
+            page.evaluate("document.querySelectorAll('*').forEach(e => { e.scrollTop = 0 })")
+            top, box = heading.bounding_box()["y"] - 12, plot.bounding_box()
+            bottom = box["y"] + box["height"] + 16
+            if bottom <= page.viewport_size["height"]:
+                break
+            page.set_viewport_size(dict(width=viewport_width, height=int(bottom) + 100))
+            page.wait_for_timeout(1000)
+        shot = Path(tmp) / "page.png"
+        page.screenshot(path=str(shot), clip=dict(x=0, y=top, width=viewport_width, height=bottom - top))
+        image = Image.open(shot).convert("RGB").quantize(colors=256, dither=Image.Dither.NONE)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        image.save(out, optimize=True)   # no text chunks: nothing of this machine goes in
+    return out
+
+
+if __name__ == "__main__":
+    if len(sys.argv) not in (2, 3) or sys.argv[1] != "screenshot":
+        raise SystemExit("usage: python tests/browser_harness.py screenshot [OUT.png]"
+                         "  (default docs/explorer.png)")
+    default = Path(__file__).resolve().parents[1] / "docs" / "explorer.png"
+    target = Path(sys.argv[2]) if len(sys.argv) == 3 else default
+    print("wrote", explorer_screenshot(target))

@@ -1,5 +1,6 @@
 """The dashboards driven headless, the way a reader drives them: set a control's value,
 click a button, read the state, the table and the plot data."""
+import re
 import threading
 import time
 import types
@@ -170,6 +171,91 @@ def test_a_second_start_while_running_is_refused(trainer):
     assert trainer.start() is False and "already" in trainer.message
     trainer.stop()
     assert trainer.join(60) == "stopped"
+
+
+def test_the_trainer_trains_with_the_quick_sweeps_recipe(monkeypatch):
+    """Its defaults are `duat reproduce accuracy-vs-width --quick`'s plan, and they reach fit:
+    warm-up over the plan's share of the run, its weight decay, 4x4 patches."""
+    import duat.widgets.trainer as tr
+    from duat.experiments import EXPERIMENTS
+
+    plan = EXPERIMENTS["accuracy-vs-width"].quick
+    trainer = LiveTrainer()
+    s = trainer.state
+    keys = ("dataset", "size", "epochs", "lr", "batch_size", "warmup", "weight_decay")
+    assert [s[k] for k in keys] == [getattr(plan, k) for k in keys]
+    assert s["patch_size"] == plan.model_overrides["patch_size"] == 4
+    seen = {}
+
+    def fit(model, train, val, config, **kwargs):
+        seen.update(config=config, patch=model.config.patch_size, batch=train.batch_size)
+        raise RuntimeError("enough")
+
+    monkeypatch.setattr(tr, "fit", fit)
+    assert trainer.run(60) == "failed" and "enough" in trainer.message
+    assert seen["config"].warmup_epochs == pytest.approx(plan.warmup * plan.epochs)
+    assert seen["config"].lr == plan.lr and seen["config"].weight_decay == plan.weight_decay
+    assert seen["patch"] == 4 and seen["batch"] == plan.batch_size
+
+
+def test_expected_accuracy_reads_the_committed_sweep():
+    from duat.widgets.trainer import expected_accuracy
+
+    e = expected_accuracy("pf-1-4")
+    assert e["seeds"] == 3 and e["min"] <= e["mean"] <= e["max"]
+    assert e["floor"] == pytest.approx(e["mean"] - max(4 * e["std"], 0.03))
+    assert 0.9 < e["floor"] < e["min"]
+    with pytest.raises(KeyError):
+        expected_accuracy("pf-7-7")
+
+
+@pytest.mark.slow
+def test_a_default_run_is_seed_0_of_the_sweep():
+    """Para-Former-1-4 with the defaults is one run of the committed sweep: its test accuracy
+    lies above the sweep's floor (on the sweep's CPU it is the sweep's seed-0 number)."""
+    from duat.widgets.trainer import expected_accuracy
+
+    trainer = LiveTrainer()
+    assert trainer.run(600) == "finished"
+    assert trainer.runs[-1]["test_acc"] >= expected_accuracy("pf-1-4")["floor"]
+
+
+def test_snapshots_are_static_png_pictures_of_the_plots(explorer, trainer):
+    from IPython.display import Image
+
+    explorer.measure()
+    for dash in (explorer, trainer):
+        picture = dash.snapshot()
+        assert isinstance(picture, Image) and picture.format == "png"
+        assert picture.data == bytes(dash.plot.value) and picture.data.startswith(b"\x89PNG")
+        assert not re.search(rb"/work/|/home/|/root/|/Users/|site-packages", _png_text(picture.data))
+
+
+def _png_text(png: bytes) -> bytes:
+    """The text chunks of a PNG, concatenated (a machine's path must not be among them)."""
+    import struct
+
+    out, i = b"", 8
+    while i < len(png):
+        n, kind = struct.unpack(">I4s", png[i:i + 8])
+        if kind in (b"tEXt", b"iTXt", b"zTXt"):
+            out += png[i + 8:i + 8 + n]
+        i += 12 + n
+    return out
+
+
+def test_the_plot_line_goes_through_the_newest_clean_reading():
+    from duat.widgets.explorer import line_readings
+
+    def reading(layers, ms, noisy=None):
+        return dict(layers=layers, median_ms=ms, noisy=noisy)
+
+    a, b, c, d, e = (reading(4, 1.0), reading(4, 9.0, "spread"), reading(4, 1.2), reading(8, 5.0, "slow"),
+                     reading(8, 6.0, "spread"))
+    chosen = line_readings([a, b, c, d, e])
+    assert chosen[4] is c          # the newest clean one, not the newer noisy b nor the older a
+    assert chosen[8] is e          # all noisy: the newest
+    assert line_readings([a, b])[4] is a and line_readings([]) == {}
 
 
 def test_dashboard_has_both_tabs():

@@ -35,13 +35,14 @@ import time
 import ipywidgets as w
 import torch
 from IPython.display import display
+from matplotlib.ticker import MaxNLocator
 
 from duat.bench import harness  # by module: its timing is what is measured (and what tests fake)
 from duat.counting import count_parameters, flops
 from duat.paraformer import ParaFormer
 from duat.registry import create_model, model_config
 from duat.runtime import available_devices
-from duat.widgets.render import figure_png, html_table, new_figure
+from duat.widgets.render import figure_png, html_table, new_figure, picture
 from duat.widgets.trainer import running_trainers
 
 DIMS = [32, 64, 96, 128, 192, 256, 384]
@@ -385,16 +386,23 @@ class DepthWidthExplorer:
         data = self.plot_data()
         fig = new_figure()
         ax = fig.add_subplot()
-        for key, color, marker, text in (("serial", "tab:red", "s", "serial ViT-L"),
-                                         ("parallel", "tab:blue", "o", "Para-Former-m-n (batched)")):
-            pts = data[key]
-            if pts:
-                L, med, lo, hi, names, noisy = zip(*pts)
-                ax.errorbar(L, med, yerr=[[m - a for m, a in zip(med, lo)], [b - m for m, b in zip(med, hi)]],
-                            color=color, marker=marker, capsize=3, label=text)
-                for x, y, n, bad in zip(L, med, names, noisy):
-                    ax.annotate(n + (" (too noisy)" if bad else ""), (x, y), textcoords="offset points",
-                                xytext=(4, 4), fontsize=7, color="#b00" if bad else "black")
+        readings, hollow = self._readings(), "other readings of the same model (hollow)"
+        for prefix, color, marker, text in (("vit", "tab:red", "s", "serial ViT-L"),
+                                            ("pf", "tab:blue", "o", "Para-Former-m-n (batched)")):
+            mine = [r for r in readings if r["model"].startswith(prefix)]
+            line = sorted(line_readings(mine).values(), key=lambda r: r["layers"])
+            others = [r for r in mine if not any(r is q for q in line)]
+            if others:  # repeated readings: hollow, off the line
+                ax.errorbar(*_bars(others), fmt=marker, mfc="none", color=color, alpha=0.5, capsize=2,
+                            label=hollow)
+                hollow = None   # one legend entry for both models
+            if line:
+                ax.errorbar(*_bars(line), color=color, marker=marker, capsize=3, label=text)
+            for r in line:
+                bad = r["noisy"] is not None
+                ax.annotate(r["model"] + (" (too noisy)" if bad else ""), (r["layers"], r["median_ms"]),
+                            textcoords="offset points", xytext=(4, 4), fontsize=7,
+                            color="#b00" if bad else "black")
         if data["bound"]:
             L, ms = zip(*data["bound"])
             ax.plot(L, ms, "k--", lw=1, label="FLOP bound (FLOPs / matmul peak)")
@@ -405,6 +413,7 @@ class DepthWidthExplorer:
                 ax.plot(L, ms, ":", color=color, lw=1.5, marker="." if key == "floor_parallel" else None,
                         label=f"overhead floor (ops × overhead), {text}")
         s = self.state
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # layers are whole numbers
         ax.set(xlabel="encoder layers m·n", ylabel="latency per forward pass (ms)",
                title=f"D={s['dim']}, heads={s['heads']}, batch={s['batch']}, {s['device']}")
         if data["serial"] or data["parallel"]:
@@ -414,8 +423,32 @@ class DepthWidthExplorer:
             ax.text(0.5, 0.5, "press Measure", ha="center", va="center", transform=ax.transAxes, color="gray")
         self.plot.value = figure_png(fig)
 
+    def snapshot(self):
+        """A static picture of the latency plot as they are now (an IPython Image): a saved
+        notebook keeps it, and GitHub or nbviewer show it, where the live widget is blank."""
+        return picture(self.plot.value)
+
     def _ipython_display_(self):
         display(self.widget)
+
+
+def line_readings(readings: list[dict]) -> dict[int, dict]:
+    """The reading the plot's line goes through at each layer count: the newest one not too
+    noisy, or the newest of all when every one is. `readings` oldest first; the others are
+    drawn hollow, off the line."""
+    chosen: dict[int, dict] = {}
+    for r in readings:
+        old = chosen.get(r["layers"])
+        if old is None or r["noisy"] is None or old["noisy"] is not None:
+            chosen[r["layers"]] = r
+    return chosen
+
+
+def _bars(readings: list[dict]):
+    """x, y and the quartile error bars of readings, for ax.errorbar."""
+    return ([r["layers"] for r in readings], [r["median_ms"] for r in readings],
+            [[r["median_ms"] - r["p25_ms"] for r in readings],
+             [r["p75_ms"] - r["median_ms"] for r in readings]])
 
 
 def _label(name: str) -> str:

@@ -2,11 +2,14 @@
 
 Setting an Image widget's value is safe from a background thread (it is one message to
 the front end), unlike drawing into an Output widget, so both dashboards draw this way.
+The same bytes make a static picture (`picture`): a plain PNG output, which a saved
+notebook keeps and GitHub or nbviewer show, where a live widget shows nothing.
 """
 from __future__ import annotations
 
 import io
 
+from IPython.display import Image
 from matplotlib.figure import Figure
 
 
@@ -19,6 +22,11 @@ def figure_png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def picture(png: bytes, width: int = 640):
+    """A static picture of a dashboard's figure: an IPython Image of its PNG bytes."""
+    return Image(data=bytes(png), format="png", width=width)   # a widget's value may be a memoryview
 
 
 def html_table(rows: list[dict], columns: list[tuple[str, str]], empty: str = "nothing yet") -> str:
@@ -34,6 +42,10 @@ def html_table(rows: list[dict], columns: list[tuple[str, str]], empty: str = "n
         return "" if v is None else str(v)
 
     head = "".join(f"<th style='padding:2px 8px'>{h}</th>" for _, h in columns)
-    body = "".join("<tr>" + "".join(f"<td style='padding:2px 8px;text-align:right'>{cell(r.get(k))}</td>"
-                                    for k, _ in columns) + "</tr>" for r in rows)
+    def td(i, value):  # the first column names the row: kept on one line
+        wrap = "white-space:nowrap;" if i == 0 else ""
+        return f"<td style='padding:2px 8px;text-align:right;{wrap}'>{cell(value)}</td>"
+
+    body = "".join("<tr>" + "".join(td(i, r.get(k)) for i, (k, _) in enumerate(columns)) + "</tr>"
+                   for r in rows)
     return f"<table class='duat-table'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

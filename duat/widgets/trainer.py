@@ -2,8 +2,12 @@
 epoch by epoch, press Stop at any time; each finished run joins a comparison table.
 
 Training runs in a background thread (duat.training.fit with a stop event), so the page
-stays responsive and Stop takes effect before the next batch. Defaults are the quick
-profile on the bundled `digits`, which needs no network.
+stays responsive and Stop takes effect before the next batch. The defaults are the recipe
+of `duat reproduce accuracy-vs-width --quick` (RECIPE; notebook 06 trains with it too): the
+bundled `digits`, which need no network, tiny models with 4x4 patches, batches of 32, AdamW
+at a peak learning rate of 3e-3 reached after a linear warm-up over 5 % of the run, then a
+cosine, 8 epochs. So a run of Para-Former-1-4 with seed 0 is one run of that sweep, and its
+test accuracy can be held against the sweep's spread over seeds (`expected_accuracy`).
 
 A run shares the CPU (or the accelerator) with everything else in the kernel, so anything
 timed during it is timed on a busy machine. `running_trainers()` lists the runs in
@@ -24,11 +28,12 @@ from IPython.display import display
 
 from duat.counting import count_parameters
 from duat import data as datasets  # by module: load_data is looked up when a run starts
+from duat.experiments import EXPERIMENTS, load_results
 from duat.registry import create_model
 from duat.runtime import seed_everything, select_device
 from duat.training import TrainConfig, evaluate, fit
 from duat.training.live import draw_history
-from duat.widgets.render import figure_png, html_table, new_figure
+from duat.widgets.render import figure_png, html_table, new_figure, picture
 
 MODELS = ["pf-1-1", "pf-1-2", "pf-1-4", "pf-1-8", "pf-2-2", "pf-2-4", "pf-4-2",
           "vit-2", "vit-4", "vit-8"]
@@ -40,12 +45,30 @@ RUN_COLUMNS = [("run", "#"), ("model", "model"), ("dataset", "dataset"), ("param
 # testing, which takes seconds at most with the bundled datasets.
 PAUSE_WAIT_S = 30.0
 
+# The quick sweep's plan: its data, model size and overrides, batch, learning rate,
+# warm-up share, weight decay and epochs are the trainer's defaults.
+SWEEP = "accuracy-vs-width"
+RECIPE = EXPERIMENTS[SWEEP].quick
+
 _TRAINERS: "weakref.WeakSet[LiveTrainer]" = weakref.WeakSet()   # every LiveTrainer made here
 
 
 def running_trainers() -> list["LiveTrainer"]:
     """The LiveTrainers of this process whose run is in progress."""
     return [t for t in list(_TRAINERS) if t.running]
+
+
+def expected_accuracy(model: str) -> dict:
+    """What the committed quick sweep (RECIPE, 3 seeds) measured for `model`: its test
+    accuracy's mean, std, min and max over the seeds, and `floor`, the mean less 4 seed
+    standard deviations and at least 3 points (3 seeds estimate a spread only roughly):
+    a run of the same recipe on another CPU lands above it, a broken model or loop far
+    below. KeyError when the sweep did not train `model`."""
+    rows = {r["model"]: r for r in load_results(SWEEP)["summary"]}
+    r = rows[model]
+    return dict(mean=r["test_acc_mean"], std=r["test_acc_std"], min=r["test_acc_min"],
+                max=r["test_acc_max"], seeds=r["seeds"],
+                floor=r["test_acc_mean"] - max(4 * r["test_acc_std"], 0.03))
 
 
 class LiveTrainer:
@@ -58,9 +81,13 @@ class LiveTrainer:
     run between two batches for the duration of the block.
     """
 
-    def __init__(self, model: str = "pf-1-4", dataset: str = "digits", epochs: int = 5,
-                 size: str = "tiny", lr: float = 2e-3, batch_size: int = 64, seed: int = 0,
+    def __init__(self, model: str = "pf-1-4", dataset: str = RECIPE.dataset, epochs: int = RECIPE.epochs,
+                 size: str = RECIPE.size, lr: float = RECIPE.lr, batch_size: int = RECIPE.batch_size,
+                 warmup: float = RECIPE.warmup, weight_decay: float = RECIPE.weight_decay,
+                 patch_size: int | None = RECIPE.model_overrides.get("patch_size"), seed: int = 0,
                  device: str = "cpu", fraction: float | None = None):
+        """`warmup`: the share of the run's steps that warms up; `patch_size` None: the
+        registry's patch for the image size."""
         style = {"description_width": "80px"}
         self.model = w.Dropdown(options=sorted(set(MODELS) | {model}), value=model,
                                 description="model", style=style)
@@ -80,7 +107,8 @@ class LiveTrainer:
             w.HBox([w.VBox([self.model, self.dataset]), w.VBox([self.size, self.epochs])]),
             w.HBox([self.start_button, self.stop_button, self.progress]),
             self.message_html, self.plot, self.table_html])
-        self.options = dict(lr=lr, batch_size=batch_size, seed=seed, device=device, fraction=fraction)
+        self.options = dict(lr=lr, batch_size=batch_size, warmup=warmup, weight_decay=weight_decay,
+                            patch_size=patch_size, seed=seed, device=device, fraction=fraction)
         self.status = "idle"
         self.history: list[dict] = []
         self.runs: list[dict] = []
@@ -171,15 +199,16 @@ class LiveTrainer:
         try:
             device = select_device(s["device"])
             self._say(f"loading {s['dataset']} ...")
-            seed_everything(s["seed"])
             data = datasets.load_data(s["dataset"], fraction=s["fraction"], seed=s["seed"])
-            model = create_model(s["model"], size=s["size"], **data.model_kwargs())
             train, val, test = data.loaders(batch_size=s["batch_size"], seed=s["seed"])
+            seed_everything(s["seed"])   # the initial weights: in the sweep's order (RECIPE)
+            patch = {} if s["patch_size"] is None else dict(patch_size=s["patch_size"])
+            model = create_model(s["model"], size=s["size"], **data.model_kwargs(), **patch)
             self.progress.max = s["epochs"] * len(train)
             self._say(f"training {s['model']} ({count_parameters(model):,} parameters) on "
                       f"{len(data.train)} {s['dataset']} images, {device} ...")
             config = TrainConfig(epochs=s["epochs"], lr=s["lr"], seed=s["seed"], device=str(device),
-                                 warmup_epochs=min(1.0, s["epochs"] / 5))
+                                 warmup_epochs=s["warmup"] * s["epochs"], weight_decay=s["weight_decay"])
             result = fit(model, train, val, config, callbacks=[self._on_event],
                          stop_event=self._stop, progress=False)
             with torch.no_grad():
@@ -218,6 +247,12 @@ class LiveTrainer:
         fig = new_figure(8.0, 3.0)  # off pyplot: drawn from the training thread
         draw_history(*fig.subplots(1, 2), self.history)  # the curves `duat train` saves
         self.plot.value = figure_png(fig)
+
+    def snapshot(self):
+        """A static picture of the loss and accuracy curves as they are now (an IPython
+        Image): a saved notebook keeps it, and GitHub or nbviewer show it, where the live
+        widget is blank."""
+        return picture(self.plot.value)
 
     def _ipython_display_(self):
         display(self.widget)
