@@ -25,11 +25,13 @@ from duat.bench.report import is_quick, list_runs
 from duat.bench.report import load_results as load_bench
 from duat.experiments import finetune, progressive
 from duat.experiments.sweeps import load_results as load_sweep
+from duat.experiments.runs import stats
 from duat.experiments.twins import twin_differences
 from duat.experiments.verdicts import (DOES_NOT, HOLDS, NOT_TESTED, PARTLY, THRESHOLDS, Claim,
                                        Comparison, Pooled, cap, compression_verdict, device_label,
                                        judged, mean_sd, missing, readme_path, replace_block,
-                                       share_verdict, signed, span, to_markdown, to_text, verdict_of)
+                                       share_verdict, signed, span, sweep_missing, to_markdown, to_text,
+                                       verdict_of)
 from duat.locations import committed
 
 SWEEPS = ("accuracy-vs-width", "accuracy-vs-depth", "data-scale", "data-diversity")
@@ -187,8 +189,7 @@ def scale_claims(res: dict | None) -> list[Claim]:
     c1 = "Data scale strongly influences the results (more than the architecture does)"
     c2 = "More parallel layers help at every data scale, at equal parameters (against ViT-n)"
     if res is None:
-        return [missing("scale", c1, "method.md 5.3", "data-scale", where),
-                missing("scale-width", c2, "method.md 5.1, 5.3", "data-scale", where)]
+        return sweep_missing("data-scale", where, ("scale", c1), ("scale-width", c2))
     device, seeds = _meta(res)
     small, full = min(_variants(res)), max(_variants(res))
     points, pooled = _judge(res, [((m, full), (m, small)) for m in _models(res)])
@@ -210,8 +211,7 @@ def diversity_claims(res: dict | None) -> list[Claim]:
     c1 = "Data diversity strongly influences the results"
     c2 = "More parallel layers help at every diversity, at equal parameters (against ViT-n)"
     if res is None:
-        return [missing("diversity", c1, "method.md 5.3", "data-diversity", where),
-                missing("diversity-width", c2, "method.md 5.1, 5.3", "data-diversity", where)]
+        return sweep_missing("data-diversity", where, ("diversity", c1), ("diversity-width", c2))
     device, seeds = _meta(res)
     vs = sorted(_variants(res), key=lambda v: v[2])
     few, many = vs[0], vs[-1]
@@ -410,12 +410,12 @@ def progressive_claims(res: dict | None) -> list[Claim]:
     device, seeds = device_label(res["environment"]), ", ".join(map(str, res["spec"]["seeds"]))
     loss = _prefix(res, "progressive", "loss")
     n = len(loss[0])
-    mean = [statistics.fmean(s[k] for s in loss) for k in range(n)]
-    sd = [statistics.stdev(s[k] for s in loss) if len(loss) > 1 else 0.0 for k in range(n)]
+    seed_stats = [stats([s[k] for s in loss]) for k in range(n)]
+    mean, sd = [st["mean"] for st in seed_stats], [st["std"] for st in seed_stats]
     points = [Comparison(f"y_{k + 1} - y_{k + 2}", mean[k] - mean[k + 1], max(sd[k], sd[k + 1]))
               for k in range(n - 1)]
     pooled = Pooled.of([s[k] - s[k + 1] for s in loss for k in range(n - 1)])
-    joint = [statistics.fmean(s[k] for s in _prefix(res, "joint", "loss")) for k in (0, n - 1)]
+    joint = [stats([s[k] for s in _prefix(res, "joint", "loss")])["mean"] for k in (0, n - 1)]
     acc1 = {sch: statistics.fmean(s[0] for s in _prefix(res, sch, "acc")) for sch in ("progressive", "joint")}
     text = (f"digits, Para-Former-1-{n} trained progressively (n + 1 steps per batch): test loss of "
             f"y_1 .. y_{n} {mean[0]:.3f} -> {mean[-1]:.3f}, lower at {sum(p.diff > 0 for p in points)} of "

@@ -195,6 +195,13 @@ def missing(key: str, claim: str, source: str, name: str, where: str) -> Claim:
 CLAIMS_BEGIN, CLAIMS_END = "<!-- claims:begin -->", "<!-- claims:end -->"
 
 
+def sweep_missing(name: str, where: str, data: tuple[str, str], width: tuple[str, str]) -> list[Claim]:
+    """A data sweep's two rows (the data's effect, 5.3; width at each data variant, 5.1 and
+    5.3) when its committed results are missing."""
+    return [missing(*data, "method.md 5.3", name, where),
+            missing(*width, "method.md 5.1, 5.3", name, where)]
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
