@@ -100,16 +100,21 @@ class ParaFormerConfig:
 
 # ----------------------------------------------------------------------------- one layer
 
+ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}   # name -> F.gelu's `approximate`
+
+
 class Attention(nn.Module):
-    """Multi-head self-attention, batch first: (B, T, D) -> (B, T, D)."""
+    """Multi-head self-attention, batch first: (B, T, D) -> (B, T, D); with causal=True,
+    token t attends to tokens 0..t only (a language model's)."""
 
     def __init__(self, dim: int, heads: int, qkv_bias: bool = True,
-                 attn_dropout: float = 0.0, proj_dropout: float = 0.0):
+                 attn_dropout: float = 0.0, proj_dropout: float = 0.0, causal: bool = False):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
         self.heads, self.head_dim = heads, dim // heads
         self.attn_dropout = attn_dropout
+        self.causal = causal
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)  # rows: q, k, v; heads contiguous
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_dropout)
@@ -119,16 +124,18 @@ class Attention(nn.Module):
         qkv = self.qkv(x).view(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)                                   # each (B, h, T, hd)
         p = self.attn_dropout if self.training else 0.0
-        o = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, h, T, hd)
-        o = o.transpose(1, 2).reshape(B, T, D)
+        o = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=self.causal)
+        o = o.transpose(1, 2).reshape(B, T, D)                    # (B, T, D)
         return self.proj_drop(self.proj(o))
 
 
 class MLP(nn.Module):
-    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0, activation: str = "gelu"):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
+        self.act = nn.GELU(approximate=ACTIVATIONS[activation])
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(dropout)
 
@@ -137,19 +144,21 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """A pre-norm Transformer encoder layer; `residual(x)` is its update f(x)."""
+    """A pre-norm Transformer layer; `residual(x)` is its update f(x). With causal=True it
+    is a GPT-2 decoder layer (masked self-attention), else a ViT encoder layer."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, norm_eps: float = 1e-6,
-                 qkv_bias: bool = True, dropout: float = 0.0, attn_dropout: float = 0.0):
+                 qkv_bias: bool = True, dropout: float = 0.0, attn_dropout: float = 0.0,
+                 causal: bool = False, activation: str = "gelu"):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim, heads, qkv_bias, attn_dropout, dropout)
+        self.attn = Attention(dim, heads, qkv_bias, attn_dropout, dropout, causal)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = MLP(dim, int(dim * mlp_ratio), dropout)
+        self.mlp = MLP(dim, int(dim * mlp_ratio), dropout, activation)
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.attn(self.norm1(x))
-        return a + self.mlp(self.norm2(x + a))
+        a = self.attn(self.norm1(x))                 # a = Attn(LN1(x))
+        return a + self.mlp(self.norm2(x + a))       # f(x) = a + MLP(LN2(x + a))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.residual(x)
@@ -198,11 +207,36 @@ _STACKED = (
 )
 
 
+# Batched primitives: x is (1, R, D) (one input shared by every branch) or (n, R, D), the
+# weights (n, ...). One branch takes the plain fused kernels (F.linear, an affine layer_norm);
+# several take one batched matmul (baddbmm) and one affine (addcmul) for all of them.
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """x_i W_i^T + b_i for every branch i: (1 or n, R, D_in) -> (n, R, D_out)."""
+    if w.shape[0] == 1:
+        return F.linear(x, w[0], None if b is None else b[0])
+    if b is None:
+        return torch.matmul(x, w.transpose(1, 2))
+    if x.shape[0] != w.shape[0]:
+        x = x.expand(w.shape[0], -1, -1)
+    return torch.baddbmm(b[:, None], x, w.transpose(1, 2))
+
+
+def _norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
+    """LN_i(x) for every branch i: (1 or n, R, D) -> (n, R, D)."""
+    D = x.shape[-1]
+    if w.shape[0] == 1:
+        return F.layer_norm(x, (D,), w[0], b[0], eps)
+    return torch.addcmul(b[:, None], F.layer_norm(x, (D,), eps=eps), w[:, None])
+
+
 class ParallelStage(nn.Module):
     """y = x + sum_i f_i(x), all n branches in one batched computation.
 
     Weights are stored stacked: qkv_weight (n, 3D, D), fc1_weight (n, H, D), ... exactly the
-    tensors of n Blocks, so conversion in either direction is a copy.
+    tensors of n Blocks, so conversion in either direction is a copy. `f` below is the one
+    place the batched path writes f_i; a causal stage (language) differs only in the mask of
+    its attention, and with a KV cache (duat.language) in where keys and values come from.
     """
 
     def __init__(self, blocks: list[Block] | nn.ModuleList):
@@ -211,6 +245,8 @@ class ParallelStage(nn.Module):
             raise ValueError("a stage needs at least one block (n >= 1)")
         first = blocks[0]
         self.heads, self.head_dim = first.attn.heads, first.attn.head_dim
+        self.causal = first.attn.causal
+        self.approximate = first.mlp.act.approximate             # F.gelu's: "none" or "tanh"
         self.norm_eps = first.norm1.eps
         self.attn_dropout = first.attn.attn_dropout
         self.dropout = first.mlp.drop.p
@@ -235,8 +271,9 @@ class ParallelStage(nn.Module):
     def to_reference(self) -> ReferenceStage:
         n, D = self.qkv_weight.shape[0], self.qkv_weight.shape[2]
         mlp_ratio = (self.fc1_weight.shape[1] + 0.5) / D  # int(D * ratio) == H, whatever the rounding
+        activation = {v: k for k, v in ACTIVATIONS.items()}[self.approximate]
         blocks = [Block(D, self.heads, mlp_ratio, self.norm_eps, self.has_qkv_bias,
-                        self.dropout, self.attn_dropout) for _ in range(n)]
+                        self.dropout, self.attn_dropout, self.causal, activation) for _ in range(n)]
         with torch.no_grad():
             for i, block in enumerate(blocks):
                 for name, path in _STACKED:
@@ -247,117 +284,96 @@ class ParallelStage(nn.Module):
         ref.train(self.training)
         return ref
 
+    # -- the equation: f_i(x) = a_i + MLP_i(LN2_i(x + a_i)),  a_i = Attn_i(LN1_i(x))
+
+    def f(self, x: torch.Tensor, W: dict, kv=None) -> torch.Tensor:
+        """f_i(x) of the branches whose weights W holds (n of them): (B, T, D) -> (n, BT, D).
+        kv: this stage's slice of a KV cache and the positions of x (duat.language)."""
+        B, T, D = x.shape
+        x = x.reshape(1, B * T, D)                                                   # (1, BT, D)
+        a = self.attention(_norm(x, W["norm1_weight"], W["norm1_bias"], self.norm_eps), W, B, kv)
+        h = _norm(x + a, W["norm2_weight"], W["norm2_bias"], self.norm_eps)          # (n, BT, D)
+        u = F.gelu(_linear(h, W["fc1_weight"], W["fc1_bias"]), approximate=self.approximate)
+        m = self._drop(_linear(u, W["fc2_weight"], W["fc2_bias"]))                   # (n, BT, D)
+        return a + m
+
+    def attention(self, h: torch.Tensor, W: dict, B: int, kv=None) -> torch.Tensor:
+        """a_i = Attn_i(h_i) for every branch: (n, BT, D) -> (n, BT, D). Without a cache the
+        keys are this call's tokens (causal: each attends to itself and those before);
+        with one, this call's keys and values are written into it at their positions and
+        the queries attend to every cached position up to their own."""
+        n, R, D = W["qkv_weight"].shape[0], h.shape[1], h.shape[2]
+        T, heads, hd = R // B, self.heads, self.head_dim
+        qkv = _linear(h, W["qkv_weight"], W["qkv_bias"])                             # (n, BT, 3D)
+        q, k, v = qkv.view(n * B, T, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)  # (nB, h, T, hd)
+        p = self.attn_dropout if self.training else 0.0
+        if kv is None:
+            o = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=self.causal)
+        else:
+            k_cache, v_cache, positions, mask = kv                                   # (n, B, h, S, hd)
+            S = k_cache.shape[3]
+            k_cache.index_copy_(3, positions, k.reshape(n, B, heads, T, hd))         # written in place
+            v_cache.index_copy_(3, positions, v.reshape(n, B, heads, T, hd))
+            o = F.scaled_dot_product_attention(q, k_cache.view(n * B, heads, S, hd),
+                                               v_cache.view(n * B, heads, S, hd),
+                                               attn_mask=mask, dropout_p=p)          # mask (T, S)
+        o = o.transpose(1, 2).reshape(n, R, D)                                       # (n, BT, D)
+        return self._drop(_linear(o, W["proj_weight"], W["proj_bias"]))
+
+    def _drop(self, t: torch.Tensor) -> torch.Tensor:
+        # no dropout call at all in eval or with p = 0: each call costs a dispatch
+        return F.dropout(t, self.dropout, True) if self.training and self.dropout else t
+
+    # -- the stage
+
     # Rows (branches x tokens) one batched call may hold on a CPU. Past it, the branch axis
     # is cut into chunks: the matmuls are large enough by then, and one huge tensor per op
-    # only adds memory traffic (page faults, cache misses). None: no limit (GPUs).
+    # only adds memory traffic (page faults, cache misses). None: no limit (GPUs). A
+    # property of the CPU path, not of the equation: `chunks` is the only place it acts.
     cpu_row_budget: int | None = 1024
 
-    def branch_chunk(self, rows_per_branch: int, device: torch.device) -> int:
-        """How many branches to compute in one batched call."""
+    def chunks(self, n: int, rows_per_branch: int, device: torch.device) -> list[slice]:
+        """The branches 0..n-1 cut into the slices computed by one batched call each."""
         budget = self.cpu_row_budget if device.type == "cpu" else None
-        if budget is None:
-            return self.width
-        return max(1, min(self.width, budget // max(rows_per_branch, 1)))
+        size = n if budget is None else max(1, min(n, budget // max(rows_per_branch, 1)))
+        return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
-    def forward(self, x: torch.Tensor, branches: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, branches: int | None = None, kv=None) -> torch.Tensor:
         """x + sum_{i < k} f_i(x) for the first k = `branches` (default all n); the other
         n - k branches are not computed at all."""
-        return x + self.update(x, branches)
+        return x + self.update(x, branches, kv)
 
-    def update(self, x: torch.Tensor, branches: int | None = None) -> torch.Tensor:
+    def update(self, x: torch.Tensor, branches: int | None = None, kv=None) -> torch.Tensor:
         """sum_{i < k} f_i(x), the stage's update without the skip: (B, T, D)."""
-        B, T, D = x.shape
         n = self.width if branches is None else branches
-        chunk = min(self.branch_chunk(B * T, x.device), n)
-        xn = (F.layer_norm(x, (D,), eps=self.norm_eps).reshape(1, B * T, D)  # shared by all branches
-              if chunk > 1 else None)                                       # (one branch: its own)
         f = None
-        for start in range(0, n, chunk):          # one pass when the whole stage fits the budget
-            part = self._branches(x, xn, slice(start, min(start + chunk, n)))  # (BT, D)
+        for sl in self.chunks(n, x.shape[0] * x.shape[1], x.device):  # one, unless a CPU's budget
+            part = self.f(x, self._weights(sl), _slice_kv(kv, sl)).sum(0)              # (BT, D)
             f = part if f is None else f + part
-        return f.view(B, T, D)                                              # sum_i f_i(x)
+        return f.view(x.shape)                                                         # sum_i f_i(x)
 
     def branch_updates(self, x: torch.Tensor) -> torch.Tensor:
         """Each branch's update f_i(x), stacked: (B, T, D) -> (n, B, T, D).
 
         The same batched computation as forward, before the sum over branches, so
         x + branch_updates(x).sum(0) is forward(x) (to the last bit when one chunk holds
-        every branch, see branch_chunk).
+        every branch, see chunks).
         """
-        B, T, D = x.shape
-        n = self.width
-        chunk = self.branch_chunk(B * T, x.device)
-        xn = F.layer_norm(x, (D,), eps=self.norm_eps).reshape(1, B * T, D) if chunk > 1 else None
-        parts = [self._branches(x, xn, slice(start, min(start + chunk, n)), keep_branches=True)
-                 for start in range(0, n, chunk)]
-        return torch.cat(parts).view(n, B, T, D)
+        slices = self.chunks(self.width, x.shape[0] * x.shape[1], x.device)
+        parts = [self.f(x, self._weights(sl)) for sl in slices]                       # (n_sl, BT, D)
+        return torch.cat(parts).view(self.width, *x.shape)
 
-    def _branches(self, x: torch.Tensor, xn: torch.Tensor, sl: slice,
-                  keep_branches: bool = False) -> torch.Tensor:
-        """sum_{i in sl} f_i(x) (BT, D), every op batched over the branches in sl; with
-        keep_branches, the f_i themselves, (n_sl, BT, D)."""
-        B, T, D = x.shape
-        n, h, hd = sl.stop - sl.start, self.heads, self.head_dim
-        drop = self.dropout if self.training else 0.0
-        if n == 1:  # a single branch: plain fused kernels (F.linear, affine layer_norm)
-            f = self._one_branch(x, self._weights(sl.start))
-            return f[None] if keep_branches else f
-        W = self._weights(None if n == self.width else sl)  # no slicing when one slice is all
+    def _weights(self, sl: slice) -> dict:
+        """The stacked parameters of the branches in sl, by name (no slicing when sl is all
+        of them); None for an absent one (qkv_bias=False)."""
+        whole_stage = sl.start == 0 and sl.stop == self.width
+        return {name: (t if t is None or whole_stage else t[sl])
+                for name, t in ((name, getattr(self, name)) for name, _ in _STACKED)}
 
-        # attention: the shared normalised input, each branch's own affine and weights
-        h1 = torch.addcmul(W["norm1_bias"][:, None], xn, W["norm1_weight"][:, None])  # (n, BT, D)
-        if W["qkv_bias"] is not None:
-            qkv = torch.baddbmm(W["qkv_bias"][:, None], h1, W["qkv_weight"].transpose(1, 2))
-        else:
-            qkv = torch.bmm(h1, W["qkv_weight"].transpose(1, 2))                     # (n, BT, 3D)
-        qkv = qkv.view(n * B, T, 3, h, hd).permute(2, 0, 3, 1, 4)                    # (3, nB, h, T, hd)
-        q, k, v = qkv.unbind(0)
-        p = self.attn_dropout if self.training else 0.0
-        o = F.scaled_dot_product_attention(q, k, v, dropout_p=p)                     # (nB, h, T, hd)
-        o = o.transpose(1, 2).reshape(n, B * T, D)                                   # (n, BT, D)
-        a = torch.baddbmm(W["proj_bias"][:, None], o, W["proj_weight"].transpose(1, 2))
-        if drop:
-            a = F.dropout(a, drop, True)                                             # a_i: (n, BT, D)
 
-        # MLP on each branch's own x + a_i
-        x1 = x.reshape(1, B * T, D) + a                                              # (n, BT, D)
-        h2 = F.layer_norm(x1, (D,), eps=self.norm_eps)
-        h2 = torch.addcmul(W["norm2_bias"][:, None], h2, W["norm2_weight"][:, None])
-        u = F.gelu(torch.baddbmm(W["fc1_bias"][:, None], h2, W["fc1_weight"].transpose(1, 2)))
-        m = torch.baddbmm(W["fc2_bias"][:, None], u, W["fc2_weight"].transpose(1, 2))
-        if drop:
-            m = F.dropout(m, drop, True)                                             # (n, BT, D)
-        return (a + m) if keep_branches else (a + m).sum(0)                          # (BT, D)
-
-    def _weights(self, index) -> dict:
-        """The stacked parameters by name, indexed by `index` (a branch, a slice of them, or
-        None for all); None for an absent one (qkv_bias=False)."""
-        out = {}
-        for name, _ in _STACKED:
-            t = getattr(self, name)
-            out[name] = None if t is None else t if index is None else t[index]
-        return out
-
-    def _one_branch(self, x: torch.Tensor, W: dict) -> torch.Tensor:
-        """f(x) for one branch: the same maths as Block.residual, on stacked weights."""
-        B, T, D = x.shape
-        h, hd = self.heads, self.head_dim
-        drop = self.dropout if self.training else 0.0
-        x = x.reshape(B * T, D)
-        h1 = F.layer_norm(x, (D,), W["norm1_weight"], W["norm1_bias"], self.norm_eps)
-        qkv = F.linear(h1, W["qkv_weight"], W["qkv_bias"])                           # (BT, 3D)
-        q, k, v = qkv.view(B, T, 3, h, hd).permute(2, 0, 3, 1, 4).unbind(0)          # (B, h, T, hd)
-        p = self.attn_dropout if self.training else 0.0
-        o = F.scaled_dot_product_attention(q, k, v, dropout_p=p).transpose(1, 2).reshape(B * T, D)
-        a = F.linear(o, W["proj_weight"], W["proj_bias"])
-        if drop:  # no dropout call at all in eval, or with p = 0: each call costs a dispatch
-            a = F.dropout(a, drop, True)
-        h2 = F.layer_norm(x + a, (D,), W["norm2_weight"], W["norm2_bias"], self.norm_eps)
-        u = F.gelu(F.linear(h2, W["fc1_weight"], W["fc1_bias"]))
-        m = F.linear(u, W["fc2_weight"], W["fc2_bias"])
-        if drop:
-            m = F.dropout(m, drop, True)
-        return a + m                                                                 # (BT, D)
+def _slice_kv(kv, sl: slice):
+    """A stage's cache entry (k, v, positions, mask) for the branches in sl only."""
+    return None if kv is None else (kv[0][sl], kv[1][sl], kv[2], kv[3])
 
 
 def _has(module: nn.Module, path: str) -> bool:

@@ -69,7 +69,7 @@ def test_all_branches_is_exactly_the_full_model(stage, depth, width, budget):
         for s in chunked:
             s.cpu_row_budget = budget
         if budget is not None and chunked:
-            assert chunked[0].branch_chunk(15, x.device) == min(width, budget // 15)
+            assert chunked[0].chunks(width, 15, x.device)[0].stop == min(width, budget // 15)
         with torch.no_grad():
             assert torch.equal(model(x, branches=width), model(x))
     finally:

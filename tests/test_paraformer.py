@@ -98,7 +98,8 @@ def test_cpu_row_budget_chunks_branches_without_changing_the_result(budget):
     whole = model(x)
     for stage in model.stages:
         stage.cpu_row_budget = budget     # 3 images x 5 tokens = 15 rows per branch
-        assert stage.branch_chunk(15, x.device) == max(1, min(5, budget // 15))
+        size = max(1, min(5, budget // 15))             # branches per batched call
+        assert stage.chunks(5, 15, x.device) == [slice(s, min(s + size, 5)) for s in range(0, 5, size)]
     assert (model(x) - whole).abs().max().item() <= TOL
 
 
