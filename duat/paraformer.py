@@ -207,18 +207,16 @@ _STACKED = (
 )
 
 
-# Batched primitives: x is (1, R, D) (one input shared by every branch) or (n, R, D), the
-# weights (n, ...). One branch takes the plain fused kernels (F.linear, an affine layer_norm);
+# Batched primitives: the weights are (n, ...), x is (n, R, D) (or (1, R, D), one input
+# shared by every branch, for the norm). One branch takes the plain fused kernels (F.linear, an affine layer_norm);
 # several take one batched matmul (baddbmm) and one affine (addcmul) for all of them.
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """x_i W_i^T + b_i for every branch i: (1 or n, R, D_in) -> (n, R, D_out)."""
+    """x_i W_i^T + b_i for every branch i: (n, R, D_in) -> (n, R, D_out)."""
     if w.shape[0] == 1:
         return F.linear(x, w[0], None if b is None else b[0])
     if b is None:
-        return torch.matmul(x, w.transpose(1, 2))
-    if x.shape[0] != w.shape[0]:
-        x = x.expand(w.shape[0], -1, -1)
+        return torch.bmm(x, w.transpose(1, 2))
     return torch.baddbmm(b[:, None], x, w.transpose(1, 2))
 
 
@@ -320,8 +318,7 @@ class ParallelStage(nn.Module):
         o = o.transpose(1, 2).reshape(n, R, D)                                       # (n, BT, D)
         return self._drop(_linear(o, W["proj_weight"], W["proj_bias"]))
 
-    def _drop(self, t: torch.Tensor) -> torch.Tensor:
-        # no dropout call at all in eval or with p = 0: each call costs a dispatch
+    def _drop(self, t: torch.Tensor) -> torch.Tensor:  # no call in eval or at p = 0: a dispatch each
         return F.dropout(t, self.dropout, True) if self.training and self.dropout else t
 
     # -- the stage

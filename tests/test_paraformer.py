@@ -214,7 +214,7 @@ def test_equal_layer_counts_have_equal_parameters():
 
 def test_registry_refuses_bad_names_and_options():
     for bad in ("vit-0", "pf-0-3", "pf-2-0", "vit", "resnet-50", "pf-2", 12):
-        with pytest.raises(ValueError, match="expected 'vit-L' or 'pf-m-n'|depth and width|must be"):
+        with pytest.raises(ValueError, match="expected 'vit-L', 'gpt-L' or 'pf-m-n'|depth and width|must be"):
             model_config(bad)
     with pytest.raises(ValueError, match="unknown size"):
         model_config("vit-2", size="huge")
