@@ -158,8 +158,8 @@ class ParaFormerLM(nn.Module):
             return self._logits(tokens, positions, k, None)
         if not isinstance(cache, KVCache):
             raise TypeError(f"cache must be a KVCache, got {type(cache).__name__}")
-        tokens = self.check_tokens(tokens, cache.length)
-        cache.check(self, tokens.shape[0], tokens.shape[1])
+        tokens = self.check_tokens(tokens)
+        cache.check(self, tokens.shape[0], tokens.shape[1])               # e.g. a cache overflow
         positions = torch.arange(cache.length, cache.length + tokens.shape[1], device=tokens.device)
         logits = self._logits(tokens, positions, k, cache)
         cache.length += tokens.shape[1]
@@ -228,6 +228,9 @@ class KVCache:
         return self.mask.shape[0]
 
     def check(self, model: ParaFormerLM, batch: int, new: int) -> None:
+        if any(not isinstance(s, ParallelStage) for s in model.stages):
+            raise ValueError("decoding with a KV cache needs the batched stage; call "
+                             "model.to_batched() first")
         if self.k[0].shape[0] != model.config.width or len(self.k) != model.config.depth:
             raise ValueError("this cache was made for another model (its stages or branches differ)")
         if batch != self.batch:
