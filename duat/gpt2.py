@@ -1,4 +1,4 @@
-"""Hugging Face GPT-2 and the kit's GPT-L, exactly, both ways (docs/method.md section 4).
+"""Hugging Face GPT-2 and the kit's GPT-L, exactly, both ways (docs/method.md section 9).
 
 The serial GPT-L is the causal Para-Former-L-1 (duat.language), so the weights of a
 `transformers` GPT2LMHeadModel (the released checkpoints' family, or one built from any

@@ -345,7 +345,8 @@ class ParallelStage(nn.Module):
         n = self.width if branches is None else branches
         f = None
         for sl in self.chunks(n, x.shape[0] * x.shape[1], x.device):  # one, unless a CPU's budget
-            part = self.f(x, self._weights(sl), _slice_kv(kv, sl)).sum(0)              # (BT, D)
+            part = self.f(x, self._weights(sl), _slice_kv(kv, sl))                     # (n_sl, BT, D)
+            part = part.sum(0) if part.shape[0] > 1 else part                           # one branch: as is
             f = part if f is None else f + part
         return f.view(x.shape)                                                         # sum_i f_i(x)
 
