@@ -207,9 +207,8 @@ _STACKED = (
 )
 
 
-# Batched primitives: the weights are (n, ...), x is (n, R, D) (or (1, R, D), one input
-# shared by every branch, for the norm). One branch takes the plain fused kernels (F.linear, an affine layer_norm);
-# several take one batched matmul (baddbmm) and one affine (addcmul) for all of them.
+# Batched primitives: weights (n, ...), x (n, R, D) (the norm's: also (1, R, D), shared). One
+# branch takes the fused kernels (F.linear, affine layer_norm); several, baddbmm and addcmul.
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     """x_i W_i^T + b_i for every branch i: (n, R, D_in) -> (n, R, D_out)."""

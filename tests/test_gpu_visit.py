@@ -14,7 +14,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "tools" / "gpu-visit"
-STEPS = ("cuda-tests", "bench-gpu", "bench-regime", "train")
+STEPS = ("cuda-tests", "bench-gpu", "bench-regime", "bench-decode", "train")
 
 
 def load_script(monkeypatch):
@@ -51,7 +51,10 @@ def test_plan_fits_the_budget_and_never_reuses_a_folder(tmp_path, monkeypatch):
     assert gpu.used == [tmp_path / "bench" / "cuda-gpu-2026-01-02"]
     assert "--preset gpu --variants eager graph compile" in " ".join(gpu.command)
     assert "--preset regime --device cuda" in " ".join(steps[2].command)
-    assert steps[3].command[steps[3].command.index("--device") + 1] == "cuda"
+    decode = " ".join(steps[3].command)      # the decode-gpu preset: cuda, eager and graph
+    assert "--preset decode-gpu" in decode and "--device" not in steps[3].command
+    assert steps[3].outputs == [tmp_path / "bench" / "cuda-decode-gpu-2026-01-02"]
+    assert steps[4].command[steps[4].command.index("--device") + 1] == "cuda"
     assert "tests/test_paraformer.py" in steps[0].command and "cuda" in steps[0].command
 
 
@@ -104,10 +107,12 @@ def test_dry_run_runs_every_step_on_the_cpu_and_writes_nothing_into_the_checkout
         assert f" {key} " in plan
     assert "-m pytest" in plan and "--preset gpu --variants eager graph compile" in plan
     assert "--preset regime --device cuda" in plan and "--device cuda" in plan
+    assert "--preset decode-gpu" in plan
     assert summary["finished"] and all(c["problem"] is None for c in summary["checks"])
     # the tiny runs wrote into the temporary folder, nothing came into the checkout
     scratch = summaries[0].parent.parent
     assert (next(scratch.glob("bench/cuda-gpu-*")) / "results.json").is_file()
+    assert (next(scratch.glob("bench/cuda-decode-gpu-*")) / "results.json").is_file()
     assert (next(scratch.glob("runs/cuda-train-*")) / "results.json").is_file()
     for folder, old in zip(watched, before):
         new = {p for p in tree(folder) - old if "-quick-" not in p}  # others' local quick runs

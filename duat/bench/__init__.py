@@ -14,9 +14,19 @@
 - duat.bench.regime: the latency regime map of a sweep over token width D, n and batch
   (`duat bench --preset regime`): the ratios, where the flat-latency claim holds, the
   model t = max(ops x overhead, FLOPs / peak) against the measurements, the heat maps.
+- duat.bench.decode, decode_run, decode_model: per-token decode latency with a KV cache,
+  GPT-n against causal Para-Former-1-n and HF GPT-2 (`duat bench --preset decode`), on
+  t = max(ops x tau, bytes / bandwidth, FLOPs / peak); its grids, targets, maps and files.
 - duat.bench.cli: the `duat bench` command (`add_arguments`, `run`, re-exported here).
 """
 from duat.bench.cli import PRESETS, add_arguments, run, spec_from_args
+from duat.bench.decode import DECODE_PRESETS, DecodeRecord, DecodeSpec, decode_cost
+from duat.bench.decode_model import (DECODE_FILES, check_decode_targets, decode_flat_limit,
+                                     decode_grid, decode_model_error, format_decode_maps,
+                                     format_decode_table, format_decode_targets, is_decode,
+                                     latest_decode_run, load_decode_run, plot_decode_map,
+                                     plot_decode_model, save_decode_results)
+from duat.bench.decode_run import run_decode
 from duat.bench.harness import (DTYPES, IMPLEMENTATIONS, VARIANTS, BenchSpec,
                                 add_overhead_model, add_roofline, build_model, count_ops,
                                 estimate_bytes, make_callable, matmul_peak, op_overhead,
@@ -26,10 +36,15 @@ from duat.bench.regime import (FLAT_LIMIT, boundary, claim_cells, format_regime,
 from duat.bench.report import (REGIME_FILES, RESULT_FILES, check_targets, compare_runs, find,
                                format_comparison, format_table, format_targets, is_quick, latest_run, list_runs, load_results,
                                plot_results, records_csv, results_root, run_roots, save_results)
+from duat.bench.timing import memory_bandwidth
 
 __all__ = [
-    "BenchSpec", "DTYPES", "FLAT_LIMIT", "IMPLEMENTATIONS", "PRESETS", "REGIME_FILES",
-    "RESULT_FILES", "VARIANTS",
+    "BenchSpec", "DECODE_FILES", "DECODE_PRESETS", "DTYPES", "DecodeRecord", "DecodeSpec",
+    "FLAT_LIMIT", "IMPLEMENTATIONS", "PRESETS", "REGIME_FILES", "RESULT_FILES", "VARIANTS",
+    "check_decode_targets", "decode_cost", "decode_flat_limit", "decode_grid",
+    "decode_model_error", "format_decode_maps", "format_decode_table", "format_decode_targets",
+    "is_decode", "latest_decode_run", "load_decode_run", "memory_bandwidth", "plot_decode_map",
+    "plot_decode_model", "run_decode", "save_decode_results",
     "add_arguments", "add_overhead_model", "add_roofline", "boundary", "build_model",
     "check_targets", "claim_cells", "compare_runs", "count_ops", "estimate_bytes", "find",
     "format_regime", "is_regime", "model_error", "op_overhead", "plot_model", "plot_regime",

@@ -7,6 +7,10 @@
     duat bench --preset gpu --variants eager graph compile   # ... and torch.compile
     duat bench --preset regime              # the latency regime map: D x n x batch, with the
                                             # per-op overhead and the overhead model
+    duat bench --preset decode              # per-token decode latency with a KV cache: GPT-n
+                                            # against causal Para-Former-1-n and HF GPT-2,
+                                            # D x n x batch, the model with a bytes term
+    duat bench --preset decode-gpu          # ... on CUDA, eager and a CUDA graph per step
     torchrun --nproc-per-node 2 -m duat bench --impl pf-branch-parallel
                                             # one process against 2, the branches split
                                             # over them (duat.bench.branch_parallel)
@@ -16,8 +20,9 @@ latency_vs_layers.png): duat/results/bench/ in a source checkout, next to the co
 runs; ./results/bench/ for an installed kit; $DUAT_RESULTS/bench/ if set. <name> is
 DEVICE-DATE for --full (quick runs: DEVICE-quick-DATE-HHMMSS; the gpu and regime presets:
 DEVICE-PRESET-DATE, e.g. cpu-regime-2026-12-02; a regime run adds regime_map.png and
-regime_model.png); an earlier run's folder is never
-overwritten without --overwrite.
+regime_model.png; a decode run, cpu-decode-DATE, writes results.json, results.csv,
+decode_map.png and decode_model.png: duat.bench.decode_model); an earlier run's folder is
+never overwritten without --overwrite.
 """
 from __future__ import annotations
 
@@ -27,6 +32,11 @@ import sys
 from pathlib import Path
 
 from duat.bench import branch_parallel
+from duat.bench.decode import DECODE_PRESETS, DecodeSpec
+from duat.bench.decode_model import (check_decode_targets, format_decode_maps,
+                                     format_decode_table, format_decode_targets,
+                                     save_decode_results)
+from duat.bench.decode_run import check_decode_memory, resolve_decode_device, run_decode
 from duat.bench.harness import (DTYPES, IMPLEMENTATIONS, VARIANTS, BenchSpec, check_memory,
                                 resolve_device, run_benchmark)
 from duat.bench.regime import format_regime, is_regime
@@ -64,10 +74,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     size.add_argument("--full", action="store_true",
                       help="full preset: batch 1 and 64, L = 1..24, up to 60 reps "
                            "(the committed results; minutes). Default: DUAT_PROFILE, else quick")
-    size.add_argument("--preset", choices=list(PRESETS),
+    size.add_argument("--preset", choices=list(PRESETS) + list(DECODE_PRESETS),
                       help="a named preset: quick, full, gpu (CUDA, ViT-S-like sizes, "
-                           "eager and CUDA-graph variants), or regime (token width D x n x "
-                           "batch: the latency regime map); options below override it")
+                           "eager and CUDA-graph variants), regime (token width D x n x "
+                           "batch: the latency regime map), decode (per-token decode "
+                           "latency of GPT-n and causal Para-Former-1-n, D x n x batch) or "
+                           "decode-gpu (the same on CUDA, eager and graph); options below "
+                           "override it")
     parser.add_argument("--device", help="auto (default; the gpu preset: cuda), cpu, cuda, "
                                          "cuda:1, mps")
     parser.add_argument("--batch", type=int, nargs="+", metavar="B", help="batch size(s)")
@@ -94,6 +107,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, help="untimed calls per case, at most")
     parser.add_argument("--rounds", type=int, help="rounds cycling over the implementations")
     parser.add_argument("--max-case-seconds", type=float, help="time cap per case")
+    parser.add_argument("--new-tokens", type=int, metavar="N",
+                        help="decode presets: new tokens per timed sequence (default 32)")
+    parser.add_argument("--prompt-tokens", type=int, metavar="P",
+                        help="decode presets: prompt length, one prefill call (default 16)")
+    parser.add_argument("--peer-layers", type=int, nargs="*", metavar="N",
+                        help="decode presets: depths of HF GPT-2 timed beside the kit's GPT-n "
+                             "(default 1 12 24; none: no peer)")
     parser.add_argument("--out", default=None,
                         help="parent folder of the run's folder (default: bench/ in duat/results/ "
                              "of a source checkout; in ./results/ for an installed kit; in "
@@ -129,6 +149,12 @@ def spec_from_args(args: argparse.Namespace) -> tuple[BenchSpec, str]:
 def run(args: argparse.Namespace) -> int:
     """`duat bench`. Input it refuses (options, folders, an unknown --compare run, nothing
     left to time) raises, and duat.cli.main reports it in one line with status 2."""
+    if args.preset in DECODE_PRESETS:
+        return run_decode_command(args)
+    for name in DECODE_ONLY:
+        if getattr(args, name, None) is not None:
+            raise ValueError(f"--{name.replace('_', '-')} applies to the decode presets only "
+                             f"(--preset {' or '.join(DECODE_PRESETS)})")
     if args.impl and branch_parallel.NAME in args.impl:
         if len(args.impl) > 1 or args.compare or args.variants or args.dims:
             raise ValueError(f"{branch_parallel.NAME} is timed on its own (no other --impl, "
@@ -167,4 +193,59 @@ def run(args: argparse.Namespace) -> int:
         print(format_comparison(rows, args.compare))
         if not rows or sum(r["within_spread"] for r in rows) < 0.8 * len(rows):
             return 1
+    return 0
+
+
+# ----------------------------------------------------------------------------- decode
+
+DECODE_ONLY = ("new_tokens", "prompt_tokens", "peer_layers")
+NOT_DECODE = ("impl", "compare", "size", "patch_size", "image_size", "in_channels")
+
+
+def decode_spec_from_args(args: argparse.Namespace) -> tuple[DecodeSpec, str]:
+    """The DecodeSpec a decode preset and the options ask for, and the preset's name."""
+    preset = args.preset
+    for name in NOT_DECODE:
+        if getattr(args, name, None) is not None:
+            raise ValueError(f"--{name.replace('_', '-')} does not apply to --preset {preset}")
+    fields = dict(DECODE_PRESETS[preset])
+    options = {"device": args.device, "batches": args.batch, "layers": args.layers,
+               "dims": args.dims, "variants": args.variants, "heads": args.heads,
+               "dtype": args.dtype, "threads": args.threads, "reps": args.reps,
+               "warmup": args.warmup, "rounds": args.rounds,
+               "max_case_seconds": args.max_case_seconds, "new_tokens": args.new_tokens,
+               "prompt_tokens": args.prompt_tokens, "peer_layers": args.peer_layers}
+    fields.update({k: (tuple(v) if isinstance(v, list) else v)
+                   for k, v in options.items() if v is not None})
+    if args.reps is not None:  # an explicit small --reps also lowers the floor
+        fields["min_reps"] = max(1, min(fields.get("min_reps", DecodeSpec.min_reps), args.reps))
+    return DecodeSpec(**fields), preset
+
+
+def run_decode_command(args: argparse.Namespace) -> int:
+    """`duat bench --preset decode` (or decode-gpu): time, print, save."""
+    spec, preset = decode_spec_from_args(args)
+    device = resolve_decode_device(spec)      # graph on a CPU, an absent device: refused
+    check_decode_memory(spec, device)         # too many or too wide models: refused
+    folder = None
+    if not args.no_save:  # refuse a used folder now, not after minutes of timing
+        now = datetime.datetime.now(datetime.timezone.utc)
+        parent = Path(args.out) if args.out is not None else output_dir(BENCH_FOLDER)
+        folder = prepare_output_dir(parent / (args.name or f"{device.type}-{preset}-{now:%Y-%m-%d}"),
+                                    overwrite=args.overwrite)
+    print(f"duat bench ({preset}): D {list(spec.dims)}, batch {list(spec.batches)}, n "
+          f"{list(spec.layers)}, HF GPT-2 at n {list(spec.peer_layers) or 'none'}, "
+          f"{', '.join(spec.variants)}; prompt {spec.prompt_tokens}, {spec.new_tokens} new tokens, "
+          f"vocabulary {spec.vocab_size}, {spec.dtype} on {device}", file=sys.stderr)
+    results = run_decode(spec, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    results["preset"] = preset
+    print(format_decode_table(results))
+    for variant in spec.variants:
+        if any(r["variant"] == variant for r in results["records"]):
+            print(format_decode_maps(results, variant))
+            print(format_decode_targets(check_decode_targets(results, variant)))
+    print(f"wall time {results['wall_s']:.0f} s")
+    if folder is not None:
+        for path in save_decode_results(results, folder, overwrite=True):  # the folder checked above
+            print(f"wrote {path}")
     return 0

@@ -313,7 +313,8 @@ def latest_run(root: str | Path | None = None, device: str = "cpu",
         if preset is not None:
             if res.get("preset") != preset:
                 continue
-        elif regime.is_regime(res) or (is_quick(res, folder) and not include_quick):
+        elif (regime.is_regime(res) or res.get("kind") == "decode"  # a decode run: not by depth
+              or (is_quick(res, folder) and not include_quick)):
             continue
         key = (res["environment"].get("date", ""), folder.name)
         if best is None or key > best[0]:

@@ -9,6 +9,8 @@ of one operation.
 - count_ops / op_overhead: how many operations a call dispatches, and what one costs
   (tau), for the overhead floor ops x tau; add_overhead_model puts a record on
   t = max(ops x tau, F / P) (duat.bench.regime reads the map it draws).
+- memory_bandwidth: the device's measured read rate (the sum of a large tensor), for the
+  bytes term bytes / bandwidth of decoding (duat.bench.decode).
 """
 from __future__ import annotations
 
@@ -234,6 +236,44 @@ def add_overhead_model(record: dict, us_per_op: float | None) -> dict:
     return record
 
 
+# The bandwidth probe: the sum of one large tensor reads every byte of it once, and its
+# arithmetic (one add per element) is far below any device's rate, so its time is the time
+# to stream those bytes from memory. Larger than any cache: 256 MiB on a CPU, 1 GiB on a GPU.
+def _bandwidth_bytes(device: torch.device) -> int:
+    return 2 ** 28 if device.type == "cpu" else 2 ** 30
+
+
+def _bandwidth_case(device: torch.device, dtype: str, nbytes: int | None = None) -> "Case":
+    nbytes = _bandwidth_bytes(device) if nbytes is None else whole("nbytes", nbytes)
+    dt = DTYPES[dtype]
+    x = torch.ones(max(1, nbytes // (torch.finfo(dt).bits // 8)), device=device, dtype=dt)
+    return Case("memory-bandwidth", "eager", 0, 0, None, lambda: x.sum(),
+                nbytes=x.numel() * x.element_size())
+
+
+def _bandwidth_summary(case: "Case") -> dict:
+    s, nbytes = summarize(case.seconds), case.nbytes
+    return {"gbps": nbytes / s["median_ms"] / 1e6, "gbps_p25": nbytes / s["p75_ms"] / 1e6,
+            "gbps_p75": nbytes / s["p25_ms"] / 1e6, "bytes": nbytes, "calls": len(case.seconds),
+            "probe": f"sum of a {nbytes / 2 ** 20:.0f} MiB tensor (each byte read once)"}
+
+
+def memory_bandwidth(device: torch.device | str = "cpu", dtype: str = "float32",
+                     nbytes: int | None = None, reps: int = 10) -> dict:
+    """The device's measured memory read rate: the time of `x.sum()` over a tensor of
+    `nbytes` (default 256 MiB on a CPU, 1 GiB elsewhere: past every cache), the bytes read
+    divided by it. Returns `gbps` (median; 1e9 bytes per second) with its quartiles, the
+    bytes and the calls timed: the bytes term bytes / bandwidth of a decode step."""
+    device = select_device(str(device))  # a wrong or absent device: one clear ValueError
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
+    case = _bandwidth_case(device, dtype, nbytes)
+    with torch.inference_mode():
+        time_calls(case.fn, 2, device)  # warm-up: the pages are touched, the kernel loaded
+        case.seconds = time_calls(case.fn, whole("reps", reps), device)
+    return _bandwidth_summary(case)
+
+
 @dataclass
 class Case:
     """One thing to time: a model (or the matmul probe) and the call that runs it; the
@@ -245,6 +285,7 @@ class Case:
     model: nn.Module
     fn: Callable[[], object]
     ops: int | None = None      # aten operations one call dispatches (count_ops)
+    nbytes: int | None = None   # bytes one call reads (the bandwidth probe)
     reps: int = 0
     warmup: int = 0
     seconds: list = field(default_factory=list)
