@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
+from duat.bench import load_decode_run
 from duat.cli import main
 from duat.experiments import claims as C
+from duat.experiments.decode_claims import decode_claim
 from duat.experiments import finetune, progressive
 from duat.experiments.sweeps import load_results as load_sweep
 from duat.experiments.verdicts import (DOES_NOT, HOLDS, NOT_TESTED, PARTLY, THRESHOLDS, VERDICTS,
@@ -67,7 +69,8 @@ def test_every_row_is_complete_and_points_at_what_exists(table):
 
 def test_every_committed_latency_run_has_a_row(table):
     keys = {c.key for c in table}
-    assert {f"latency:{name}" for name in C.bench_runs()} <= keys
+    assert {f"{'decode' if r.get('kind') == 'decode' else 'latency'}:{name}"
+            for name, r in C.bench_runs().items()} <= keys
     assert {f"latency:{k}" for k, r in C.branch_runs().items() if r["processes"] == 1} <= keys
 
 
@@ -250,3 +253,19 @@ def test_write_readme(tmp_path, capsys, table):
     assert main(["claims", "--write-readme", str(readme)]) == 2
     assert main(["claims", "--write-readme", str(tmp_path / "absent.md")]) == 2
     assert capsys.readouterr().err.count("duat claims: error:") == 2
+
+
+def test_the_decode_row_reads_the_committed_decode_run_and_would_say_holds_if_flat():
+    name = "cpu-decode-2026-12-07"
+    run = load_decode_run(name)
+    row = decode_claim(run, name)
+    assert row.rule == "B" and name in row.where and "notebook 13" in row.where
+    assert row.verdict in (DOES_NOT, PARTLY) and "GPT-24" in row.measured
+    flat = copy.deepcopy(run)                      # every Para-Former-1-n as fast as its n = 1
+    ones = {(r["batch"], r["dim"]): r for r in flat["records"] if r["implementation"] == "pf" and r["layers"] == 1}
+    for r in flat["records"]:
+        if r["implementation"] == "pf":
+            r.update({k: ones[r["batch"], r["dim"]][k] for k in ("median_ms", "p25_ms", "p75_ms")})
+    cases = len({(r["batch"], r["dim"]) for r in run["records"]})
+    assert decode_claim(flat, name).verdict == HOLDS
+    assert f"in {cases} of {cases} cases" in decode_claim(flat, name).measured

@@ -1,4 +1,4 @@
-"""Exercises the kit checks: two to four per notebook, 01 to 09.
+"""Exercises the kit checks: two to four per notebook, 01 to 09 and 13.
 
 Each exercise cell of a notebook ships as a stub that raises NotImplementedError; the learner
 writes the body and runs
@@ -11,7 +11,7 @@ implementation: "correct", or what is wrong with a hint (the shape, the first en
 differs, a likely cause). Worked solutions: notebooks/solutions/, one notebook per chapter.
 `reveal()` folds the answer to a "predict, then check" until the learner opens it.
 """
-from duat.exercises import ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09  # noqa: F401  (they register)
+from duat.exercises import ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09, ch13  # noqa: F401  (they register)
 from duat.exercises.core import EXERCISES, Answer, Verdict, check, reveal
 
 __all__ = ["EXERCISES", "Answer", "Verdict", "check", "listing", "reveal"]
@@ -23,7 +23,19 @@ def listing(notebook: str | int | None = None) -> str:
     want = None if notebook is None else str(notebook).zfill(2)
     if want is not None and want not in chapters:
         raise ValueError(f"notebook {notebook!r} has no exercises; notebooks "
-                         f"{chapters[0]} to {chapters[-1]} do")
+                         f"{_spans(chapters)} do")
     rows = [ex for ex in EXERCISES.values() if want in (None, ex.notebook)]
     rows.sort(key=lambda ex: tuple(int(p) for p in ex.id.split(".")))
     return "\n".join(f"{ex.id:<5} {ex.title}: {ex.expects}" for ex in rows)
+
+
+def _spans(chapters: list[str]) -> str:
+    """['01', '02', '03', '13'] -> '01 to 03 and 13': runs of consecutive notebooks."""
+    runs: list[list[str]] = []
+    for c in chapters:
+        if runs and int(c) == int(runs[-1][-1]) + 1:
+            runs[-1].append(c)
+        else:
+            runs.append([c])
+    parts = [r[0] if len(r) == 1 else f"{r[0]} to {r[-1]}" for r in runs]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]

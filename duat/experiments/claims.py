@@ -24,6 +24,7 @@ from duat.bench.regime import regime_grid
 from duat.bench.report import is_quick, list_runs
 from duat.bench.report import load_results as load_bench
 from duat.experiments import finetune, progressive
+from duat.experiments.decode_claims import decode_claim, is_decode
 from duat.experiments.sweeps import load_results as load_sweep
 from duat.experiments.runs import stats
 from duat.experiments.twins import twin_differences
@@ -464,7 +465,7 @@ def claims_table() -> list[Claim]:
     benches, branches = bench_runs(), branch_runs()
     return [*theory_claims([r for r in sweeps.values() if r], list(benches.values())),
             *width_claims(sweeps["accuracy-vs-width"]), *depth_claims(sweeps["accuracy-vs-depth"]),
-            *(latency_claim(r, k) for k, r in sorted(benches.items())),
+            *((decode_claim if is_decode(r) else latency_claim)(r, k) for k, r in sorted(benches.items())),
             *(single_device_claim(r, k) for k, r in sorted(branches.items()) if r["processes"] == 1),
             *scale_claims(sweeps["data-scale"]), *diversity_claims(sweeps["data-diversity"]),
             *finetune_claims(_load(finetune.load_results)),
