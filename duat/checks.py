@@ -64,3 +64,25 @@ def one_of(name: str, value: Any, choices: Iterable[str]) -> str:
     if isinstance(value, str) and value in choices:
         return value
     raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def check_layers(c, stages: tuple) -> None:
+    """The fields a Para-Former config shares, image or language (duat.paraformer,
+    duat.language): dim and heads, depth m and width n, mlp_ratio, the stage, dropout rates."""
+    for name in ("dim", "heads"):
+        setattr(c, name, whole(name, getattr(c, name)))
+    # m and n keep their own wording, "an int >= 1", which duat.convert shares
+    for name, letter in (("depth", "m"), ("width", "n")):
+        value = getattr(c, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} ({letter}) must be an int >= 1, got {value!r}")
+    if c.dim % c.heads:
+        raise ValueError(f"dim {c.dim} is not divisible by heads {c.heads}: "
+                         f"each head needs dim / heads channels")
+    if not c.mlp_ratio > 0 or c.hidden_dim < 1:
+        raise ValueError(f"mlp_ratio must be > 0 (hidden width >= 1), got {c.mlp_ratio!r}")
+    if c.stage not in stages:
+        raise ValueError(f"stage must be one of {stages}, got {c.stage!r}")
+    for name in ("dropout", "attn_dropout"):
+        if not 0.0 <= getattr(c, name) < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {getattr(c, name)!r}")

@@ -26,15 +26,15 @@ its own seeded generator (temperature 0: greedy), and works with prefix models (
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from duat.checks import whole
+from duat.checks import check_layers, whole
 from duat.paraformer import (ACTIVATIONS, STAGES, Block, ParallelStage, ReferenceStage,
-                             _init_weights)
+                             StagedModel, _init_weights)
 
 
 @dataclass
@@ -54,24 +54,11 @@ class ParaFormerLMConfig:
     stage: str = "batched"    # "batched" (one call for all n branches) or "reference" (a loop)
 
     def __post_init__(self):
-        for name in ("vocab_size", "positions", "dim", "heads"):
+        for name in ("vocab_size", "positions"):
             setattr(self, name, whole(name, getattr(self, name)))
-        for name, letter in (("depth", "m"), ("width", "n")):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} ({letter}) must be an int >= 1, got {value!r}")
-        if self.dim % self.heads:
-            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}: "
-                             f"each head needs dim / heads channels")
-        if not self.mlp_ratio > 0 or self.hidden_dim < 1:
-            raise ValueError(f"mlp_ratio must be > 0 (hidden width >= 1), got {self.mlp_ratio!r}")
+        check_layers(self, STAGES)
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {self.activation!r}")
-        if self.stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
-        for name in ("dropout", "attn_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
 
     @property
     def hidden_dim(self) -> int:
@@ -90,7 +77,7 @@ def _causal_block(c: ParaFormerLMConfig) -> Block:
                  causal=True, activation=c.activation)
 
 
-class ParaFormerLM(nn.Module):
+class ParaFormerLM(StagedModel):
     """Token and position embeddings -> m stages of n causal branches -> norm -> tied head."""
 
     def __init__(self, config: ParaFormerLMConfig | None = None, **kwargs):
@@ -135,17 +122,6 @@ class ParaFormerLM(nn.Module):
             raise ValueError(f"token id {bad} is outside the vocabulary 0..{c.vocab_size - 1}")
         return tokens.long()
 
-    def check_branches(self, branches) -> int | None:
-        """`branches` as the prefix width k (1 <= k <= n), or None for all n; else ValueError."""
-        n = self.config.width
-        if branches is None:
-            return None
-        if not isinstance(branches, int) or isinstance(branches, bool) or not 1 <= branches <= n:
-            raise ValueError(f"branches must be an int k with 1 <= k <= n = {n} (the branches "
-                             f"per stage of this causal Para-Former-{self.config.depth}-{n}), "
-                             f"got {branches!r}")
-        return branches
-
     def forward(self, tokens: torch.Tensor, branches: int | None = None,
                 cache: "KVCache | None" = None) -> torch.Tensor:
         """Logits (B, T, V) of the next token at every position. `branches` = k: the prefix
@@ -179,23 +155,6 @@ class ParaFormerLM(nn.Module):
             else:
                 x = stage(x, k, (cache.k[s], cache.v[s], positions, cache.mask[positions]))
         return F.linear(self.norm(x), self.tok_embed.weight)                     # (B, T, V)
-
-    def to_reference(self) -> "ParaFormerLM":
-        self.stages = nn.ModuleList(s.to_reference() if isinstance(s, ParallelStage) else s
-                                    for s in self.stages)
-        self.config = replace(self.config, stage="reference")
-        return self
-
-    def to_batched(self) -> "ParaFormerLM":
-        self.stages = nn.ModuleList(ParallelStage.from_reference(s) if isinstance(s, ReferenceStage)
-                                    else s for s in self.stages)
-        self.config = replace(self.config, stage="batched")
-        return self
-
-    def blocks(self) -> list[list[Block]]:
-        """The causal layers as Blocks, [stage][branch] (copies for batched stages)."""
-        return [list((s.to_reference() if isinstance(s, ParallelStage) else s).blocks)
-                for s in self.stages]
 
 
 class KVCache:

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from duat.checks import whole
+from duat.checks import check_layers, whole
 
 POOLS = ("cls", "mean")
 STAGES = ("batched", "reference")
@@ -55,28 +55,14 @@ class ParaFormerConfig:
     debug_checks: bool = False  # check inputs for NaN / inf on every forward (slower)
 
     def __post_init__(self):
-        for name in ("image_size", "patch_size", "in_channels", "num_classes", "dim", "heads"):
+        for name in ("image_size", "patch_size", "in_channels", "num_classes"):
             setattr(self, name, whole(name, getattr(self, name)))
-        # m and n keep their own wording, "an int >= 1", which duat.convert shares
-        for name, letter in (("depth", "m"), ("width", "n")):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} ({letter}) must be an int >= 1, got {value!r}")
+        check_layers(self, STAGES)
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not divisible by patch_size "
                              f"{self.patch_size}: expected a multiple of the patch size")
-        if self.dim % self.heads:
-            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}: "
-                             f"each head needs dim / heads channels")
-        if not self.mlp_ratio > 0 or self.hidden_dim < 1:
-            raise ValueError(f"mlp_ratio must be > 0 (hidden width >= 1), got {self.mlp_ratio!r}")
         if self.pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
-        if self.stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
-        for name in ("dropout", "attn_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
 
     @property
     def hidden_dim(self) -> int:
@@ -382,7 +368,39 @@ def _has(module: nn.Module, path: str) -> bool:
 
 # ----------------------------------------------------------------------------- the model
 
-class ParaFormer(nn.Module):
+class StagedModel(nn.Module):
+    """What an image and a language Para-Former share: m stages of n branches (self.stages,
+    self.config), the prefix width k, and exact conversion between the stage implementations."""
+
+    def check_branches(self, branches) -> int | None:
+        """`branches` as the prefix width k (1 <= k <= n), or None for all n; else ValueError."""
+        n = self.config.width
+        if branches is None:
+            return None
+        if not isinstance(branches, int) or isinstance(branches, bool) or not 1 <= branches <= n:
+            raise ValueError(f"branches must be an int k with 1 <= k <= n = {n} (the branches "
+                             f"per stage of this Para-Former-{self.config.depth}-{n}), got {branches!r}")
+        return branches
+
+    def to_reference(self):
+        self.stages = nn.ModuleList(s.to_reference() if isinstance(s, ParallelStage) else s
+                                    for s in self.stages)
+        self.config = replace(self.config, stage="reference")  # never mutate a shared config
+        return self
+
+    def to_batched(self):
+        self.stages = nn.ModuleList(ParallelStage.from_reference(s) if isinstance(s, ReferenceStage)
+                                    else s for s in self.stages)
+        self.config = replace(self.config, stage="batched")
+        return self
+
+    def blocks(self) -> list[list[Block]]:
+        """The layers as Blocks, [stage][branch] (copies for batched stages)."""
+        return [list((s.to_reference() if isinstance(s, ParallelStage) else s).blocks)
+                for s in self.stages]
+
+
+class ParaFormer(StagedModel):
     """Patch embedding -> m stages of n parallel layers -> norm -> pooled linear head."""
 
     def __init__(self, config: ParaFormerConfig | None = None, **kwargs):
@@ -440,16 +458,6 @@ class ParaFormer(nn.Module):
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, T, D)
         return self.pos_drop(x + self.pos_embed)
 
-    def check_branches(self, branches) -> int | None:
-        """`branches` as the prefix width k (1 <= k <= n), or None for all n; else ValueError."""
-        n = self.config.width
-        if branches is None:
-            return None
-        if not isinstance(branches, int) or isinstance(branches, bool) or not 1 <= branches <= n:
-            raise ValueError(f"branches must be an int k with 1 <= k <= n = {n} (the branches "
-                             f"per stage of this Para-Former-{self.config.depth}-{n}), got {branches!r}")
-        return branches
-
     def forward_features(self, x: torch.Tensor, branches: int | None = None) -> torch.Tensor:
         """Images -> normalised tokens (B, T, D) after the last stage; with `branches` = k,
         every stage computes only its first k branches (the prefix model y_k)."""
@@ -466,27 +474,6 @@ class ParaFormer(nn.Module):
         """Logits (B, classes); `branches` = k: the prefix model y_k = x + sum_{i < k} f_i(x)
         in every stage (docs/method.md section 7); k = n is exactly the full model."""
         return self.head(self.pool(self.forward_features(x, branches)))    # (B, classes)
-
-    # -- exact conversion between the two stage implementations
-    def to_reference(self) -> "ParaFormer":
-        self.stages = nn.ModuleList(s.to_reference() if isinstance(s, ParallelStage) else s
-                                    for s in self.stages)
-        self.config = replace(self.config, stage="reference")  # never mutate a shared config
-        return self
-
-    def to_batched(self) -> "ParaFormer":
-        self.stages = nn.ModuleList(ParallelStage.from_reference(s) if isinstance(s, ReferenceStage)
-                                    else s for s in self.stages)
-        self.config = replace(self.config, stage="batched")
-        return self
-
-    def blocks(self) -> list[list[Block]]:
-        """The encoder layers as Blocks, [stage][branch] (copies for batched stages)."""
-        out = []
-        for s in self.stages:
-            ref = s.to_reference() if isinstance(s, ParallelStage) else s
-            out.append(list(ref.blocks))
-        return out
 
 
 def _init_weights(module: nn.Module) -> None:
