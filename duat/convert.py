@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torchvision.models import VisionTransformer
 
 from duat.paraformer import _STACKED, ParaFormer, ParaFormerConfig
+from duat.storage import load_state_dict_checked  # noqa: F401 (its users import it from here too)
 
 ASSIGNMENTS = ("stage-major", "strided")   # where block k of an m x n layout goes (duat.transfer)
 
@@ -59,27 +60,6 @@ TORCHVISION_OUTER_KEYS = {
 
 
 # ----------------------------------------------------------------------------- state dicts
-
-def load_state_dict_checked(model: nn.Module, state_dict: dict, assign: bool = False) -> None:
-    """model.load_state_dict, but every missing, unexpected or mis-shaped key is named in one
-    ValueError (nothing is loaded then). assign=True: the model takes the given tensors
-    themselves (for a model built on the meta device)."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    shapes = [f"{k}: expected {tuple(own[k].shape)}, got {tuple(state_dict[k].shape)}"
-              for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {missing}")
-    if unexpected:
-        problems.append(f"unexpected keys {unexpected}")
-    if shapes:
-        problems.append("shape mismatches: " + "; ".join(shapes))
-    if problems:
-        raise ValueError(f"state dict does not fit {type(model).__name__}: " + " | ".join(problems))
-    model.load_state_dict(state_dict, strict=True, assign=assign)
-
 
 def paraformer_parts(model: ParaFormer) -> tuple[dict, list[dict]]:
     """(outer tensors, its blocks as Block-named dicts in stage-major order)."""

@@ -29,10 +29,10 @@ no part in the logits.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 
 from duat.language import ParaFormerLM, ParaFormerLMConfig
 from duat.paraformer import _STACKED
+from duat.storage import load_state_dict_checked
 
 try:
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -126,18 +126,6 @@ def gpt2_config(hf, **overrides) -> ParaFormerLMConfig:
     return ParaFormerLMConfig(**fields)
 
 
-def _load_checked(model: nn.Module, state_dict: dict) -> None:
-    """load_state_dict, or one ValueError naming every missing, unexpected, mis-shaped key."""
-    own = model.state_dict()
-    problems = [f"missing {k}" for k in own if k not in state_dict]
-    problems += [f"unexpected {k}" for k in state_dict if k not in own]
-    problems += [f"{k}: expected {tuple(own[k].shape)}, got {tuple(state_dict[k].shape)}"
-                 for k in own if k in state_dict and own[k].shape != state_dict[k].shape]
-    if problems:
-        raise ValueError(f"state dict does not fit {type(model).__name__}: " + "; ".join(problems))
-    model.load_state_dict(state_dict, strict=True)
-
-
 # ----------------------------------------------------------------------------- HF -> kit
 
 def gpt2_parts(hf) -> tuple[dict, list[dict]]:
@@ -170,7 +158,7 @@ def from_gpt2(hf, stage: str = "batched", **overrides) -> ParaFormerLM:
             sd.update({f"stages.{l}.blocks.0.{path}": t for path, t in block.items()})
         else:   # a batched stage of one branch: every tensor gains a branch axis of 1
             sd.update({f"stages.{l}.{name}": block[path][None] for name, path in _STACKED})
-    _load_checked(model, {k: v.contiguous() for k, v in sd.items()})
+    load_state_dict_checked(model, {k: v.contiguous() for k, v in sd.items()})
     return model.train(hf.training)
 
 
@@ -209,5 +197,5 @@ def to_gpt2(model: ParaFormerLM) -> GPT2LMHeadModel:
             sd[f"transformer.h.{l}.{old}"] = block[new].t() if conv else block[new]
     like = model.pos_embed
     hf = hf.to(device=like.device, dtype=like.dtype)
-    _load_checked(hf, {k: v.contiguous() for k, v in sd.items()})
+    load_state_dict_checked(hf, {k: v.contiguous() for k, v in sd.items()})
     return hf.train(model.training)

@@ -4,7 +4,9 @@ Every file is written to a temporary name in the same folder, flushed, and renam
 the target (an atomic step on POSIX and Windows), so a killed run leaves either the old
 file or the new one, never half of one. Output folders of earlier runs are not reused
 unless the caller says `overwrite=True`. What is read back is read safely: `load_tensors`
-(the kit's one torch.load) accepts tensors and plain data only, so no file can run code.
+(the kit's one torch.load) accepts tensors and plain data only, so no file can run code;
+`load_state_dict_checked` loads weights into a model whole or not at all, naming every key
+that does not fit.
 """
 from __future__ import annotations
 
@@ -250,3 +252,24 @@ def finish_partial(path: str | os.PathLike, *extra: str) -> None:
     """A run is complete (its results.json written): drop PARTIAL and `extra` files."""
     for name in (PARTIAL, *extra):
         (Path(path) / name).unlink(missing_ok=True)
+
+
+def load_state_dict_checked(model, state_dict: dict, assign: bool = False) -> None:
+    """model.load_state_dict, but every missing, unexpected or mis-shaped key is named in one
+    ValueError (nothing is loaded then). assign=True: the model takes the given tensors
+    themselves (for a model built on the meta device)."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = [f"{k}: expected {tuple(own[k].shape)}, got {tuple(state_dict[k].shape)}"
+              for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected}")
+    if shapes:
+        problems.append("shape mismatches: " + "; ".join(shapes))
+    if problems:
+        raise ValueError(f"state dict does not fit {type(model).__name__}: " + " | ".join(problems))
+    model.load_state_dict(state_dict, strict=True, assign=assign)

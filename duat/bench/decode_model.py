@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -27,7 +26,7 @@ import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.ticker import FixedLocator, FuncFormatter
 
-from duat.bench.regime import FLAT_LIMIT
+from duat.bench.regime import FLAT_LIMIT, crossing
 from duat.bench.report import BENCH_FOLDER, format_targets, list_runs
 from duat.checks import real
 from duat.locations import committed
@@ -99,14 +98,7 @@ def decode_flat_limit(results: dict, batch: int, dim: int, limit: float = FLAT_L
     if dim not in g["dims"]:
         raise ValueError(f"this run has no token width D={dim} at batch {batch}; it has "
                          f"{', '.join(map(str, g['dims']))}")
-    predicted = g["pf_predicted"][g["dims"].index(dim)]
-    for j in range(1, len(predicted)):
-        if not np.isfinite(predicted[j]):
-            return None
-        if predicted[j] > limit:
-            a, b = math.log(max(predicted[j - 1], 1e-12)), math.log(predicted[j])
-            return j - 1 + (math.log(limit) - a) / (b - a) if b > a else float(j)
-    return None
+    return crossing(g["pf_predicted"][g["dims"].index(dim)], limit)
 
 
 def decode_model_error(results: dict, variant: str = "eager", implementations=KIT) -> dict:

@@ -120,12 +120,18 @@ def flat_limit(results: dict, batch: int, dim: int, limit: float = FLAT_LIMIT,
     if dim not in g["dims"]:
         raise ValueError(f"this run has no token width D={dim} at batch {batch}; it has "
                          f"{', '.join(map(str, g['dims']))}")
-    predicted = g["pf_predicted"][g["dims"].index(dim)]
-    for j in range(1, len(predicted)):
-        if not np.isfinite(predicted[j]):
+    return crossing(g["pf_predicted"][g["dims"].index(dim)], limit)
+
+
+def crossing(ratios, limit: float) -> float | None:
+    """Where a row of predicted ratios along n first passes `limit`, as a fractional index
+    (log-linear between grid points); None if it never does or a prediction is missing.
+    The dashed line of the vision and the decode maps alike."""
+    for j in range(1, len(ratios)):
+        if not np.isfinite(ratios[j]):
             return None
-        if predicted[j] > limit:
-            a, b = math.log(max(predicted[j - 1], 1e-12)), math.log(predicted[j])
+        if ratios[j] > limit:
+            a, b = math.log(max(ratios[j - 1], 1e-12)), math.log(ratios[j])
             return j - 1 + (math.log(limit) - a) / (b - a) if b > a else float(j)
     return None
 
