@@ -38,7 +38,6 @@ import torch
 from duat.bench.timing import DTYPES
 from duat.checks import real, whole, wholes
 from duat.language import KVCache, ParaFormerLM, ParaFormerLMConfig
-from duat.registry import create_model
 
 IMPLEMENTATIONS: dict[str, str] = {
     "gpt": "GPT-n: n causal layers in series (ParaFormerLM depth n, width 1)",
@@ -252,10 +251,7 @@ def layer_params(dim: int, hidden: int) -> int:
 def build_kit_model(implementation: str, n: int, dim: int, spec: DecodeSpec) -> ParaFormerLM:
     """GPT-n or causal Para-Former-1-n at width D, eval mode, float32, on the default device."""
     torch.manual_seed(spec.seed)
-    name = f"gpt-{n}" if implementation == "gpt" else f"pf-1-{n}"
-    return create_model(name, language=True, dim=dim, heads=spec.heads_for(dim),
-                        mlp_ratio=spec.mlp_ratio, vocab_size=spec.vocab_size,
-                        positions=spec.positions, activation=spec.activation).eval()
+    return ParaFormerLM(kit_config(implementation, n, dim, spec)).eval()
 
 
 def _transformers():
