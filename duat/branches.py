@@ -25,15 +25,24 @@ import torch
 import torch.nn as nn
 
 from duat.paraformer import (_STACKED, Block, ParaFormer, ParallelStage, ReferenceStage,
-                             _block_from_config, _init_weights)
+                             StagedModel, _block_from_config, _init_weights)
 
-FRONT = ("patch_embed", "cls_token", "pos_embed")  # the front end: patch and position embedding
+# the front end: patch (images) or token (language) and position embedding; a language
+# model's head is its token embedding (tied), so freezing the front freezes the head too
+FRONT = ("patch_embed", "cls_token", "pos_embed", "tok_embed")
 _SHAPE_FIELDS = ("dim", "heads", "mlp_ratio", "norm_eps", "qkv_bias", "depth")
 
 
 def _paraformer(model) -> ParaFormer:
     if not isinstance(model, ParaFormer):
         raise TypeError(f"expected a ParaFormer, got {type(model).__name__}")
+    return model
+
+
+def _staged(model) -> StagedModel:
+    """An image or language Para-Former (both have stages of n branches)."""
+    if not isinstance(model, StagedModel):
+        raise TypeError(f"expected a ParaFormer or ParaFormerLM, got {type(model).__name__}")
     return model
 
 
@@ -142,11 +151,11 @@ def expand(model: ParaFormer, extra: int | ParaFormer, seed: int | None = None) 
     return _with_stages(pf, blocks)
 
 
-def branch_rows(model: ParaFormer, branches: Sequence[int]) -> list[tuple[nn.Parameter, object]]:
+def branch_rows(model: StagedModel, branches: Sequence[int]) -> list[tuple[nn.Parameter, object]]:
     """The (parameter, index) pairs that hold `branches` in every stage: for a batched stage
     each stacked tensor with the list of rows, for a reference stage each of those blocks'
     parameters whole (index Ellipsis). Freezing exactly these freezes those branches."""
-    pf = _paraformer(model)
+    pf = _staged(model)
     branches = sorted(set(int(i) for i in branches))
     n = pf.config.width
     if any(not 0 <= i < n for i in branches):
@@ -163,10 +172,10 @@ def branch_rows(model: ParaFormer, branches: Sequence[int]) -> list[tuple[nn.Par
     return pairs
 
 
-def front_rows(model: ParaFormer) -> list[tuple[nn.Parameter, object]]:
+def front_rows(model: StagedModel) -> list[tuple[nn.Parameter, object]]:
     """The (parameter, Ellipsis) pairs of the front end (patch embedding, class token,
     position embedding)."""
-    return [(p, ...) for name, p in _paraformer(model).named_parameters()
+    return [(p, ...) for name, p in _staged(model).named_parameters()
             if name.split(".")[0] in FRONT]
 
 

@@ -70,7 +70,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 # What a subcommand raises for input it refuses (names, ranges, files, folders of earlier
 # runs; missing datasets and weights are FileNotFoundErrors, and so is a $DUAT_RESULTS that
 # names no folder, duat.locations.ResultsFolderError): reported without a traceback.
-USAGE_ERRORS = (ValueError, TypeError, FileExistsError, FileNotFoundError, NotADirectoryError)
+USAGE_ERRORS = (ValueError, TypeError, FileExistsError, FileNotFoundError, NotADirectoryError,
+                IsADirectoryError)
 
 
 def main(argv: list[str] | None = None) -> int:

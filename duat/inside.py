@@ -41,6 +41,7 @@ import torch
 
 from duat.branches import keep_branches
 from duat.checks import one_of, whole
+from duat.language import ParaFormerLM
 from duat.paraformer import ParaFormer, ParallelStage, ReferenceStage
 from duat.runtime import threads
 from duat.theory.mvm import kit_attention_maps
@@ -56,9 +57,9 @@ _OUTPUT_STACKED = ("proj_weight", "proj_bias", "fc2_weight", "fc2_bias")
 # ----------------------------------------------------------------------------- checks
 
 def _check_model(model) -> ParaFormer:
-    if not isinstance(model, ParaFormer):
+    if not isinstance(model, (ParaFormer, ParaFormerLM)):
         raise TypeError(f"expected a duat.paraformer.ParaFormer (e.g. duat.registry.create_model"
-                        f"('pf-1-4')), got {type(model).__name__}")
+                        f"('pf-1-4')) or a duat.language.ParaFormerLM, got {type(model).__name__}")
     return model
 
 
@@ -78,7 +79,10 @@ def _evaluating(model: ParaFormer) -> Iterator[ParaFormer]:
 # ----------------------------------------------------------------------------- the stream
 
 def _stream(model: ParaFormer, images: torch.Tensor) -> list[torch.Tensor]:
-    x = model.forward_tokens(images)                     # checks the images' shape
+    if isinstance(model, ParaFormerLM):                  # tokens (B, T): the causal model's x_0
+        x = model.embed(model.check_tokens(images))
+    else:
+        x = model.forward_tokens(images)                 # checks the images' shape
     out = [x]
     for stage in model.stages:
         x = stage(x)
@@ -133,7 +137,8 @@ def branch_cosine(model: ParaFormer, images: torch.Tensor) -> list[torch.Tensor]
 def attention_maps(model: ParaFormer, images: torch.Tensor) -> list[torch.Tensor]:
     """Per stage, the attention maps of every branch at that stage's input,
     softmax(Q_h K_h^T / sqrt(d)): (n, B, heads, T, T), each row a distribution over the
-    keys (token 0 is the class token when pool == 'cls'; the rest are the patches, row-major)."""
+    keys (token 0 is the class token when pool == 'cls'; the rest are the patches, row-major).
+    For a ParaFormerLM, `images` are tokens (B, T) and each row t covers the keys 0..t only."""
     with _evaluating(model), threads(1):
         stream = _stream(model, images)
         out = []

@@ -147,8 +147,14 @@ class ParaFormerLM(StagedModel):
         static-shape step a CUDA graph captures (the caller owns positions, (T,) long)."""
         return self._logits(tokens, positions, branches, cache)
 
+    def embed(self, tokens: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x_0 = E[tokens] + P[positions] (positions 0..T-1 when None), before dropout: (B, T, D)."""
+        if positions is None:
+            positions = torch.arange(tokens.shape[1], device=tokens.device)
+        return self.tok_embed(tokens) + self.pos_embed[0, positions]
+
     def _logits(self, tokens, positions, k, cache) -> torch.Tensor:
-        x = self.drop(self.tok_embed(tokens) + self.pos_embed[0, positions])     # (B, T, D)
+        x = self.drop(self.embed(tokens, positions))                              # (B, T, D)
         for s, stage in enumerate(self.stages):
             if cache is None:
                 x = stage(x) if k is None else stage(x, k)

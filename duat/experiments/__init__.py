@@ -22,6 +22,9 @@ profiles. The fifth is the fine-tuning experiment (duat.experiments.finetune).
     progressive         the follow-up paper (docs/method.md section 7): the loss of every prefix
                         model under three training schedules, compression by keeping the best
                         branches, and expansion for a second task (duat.experiments.progressive).
+    composition         what one parallel stage cannot compose (docs/method.md section 10):
+                        induction, MQAR and a copy control, and a character model, for GPT-L
+                        and Para-Former-m-n of equal size (duat.experiments.composition).
 
 Profiles: `quick` (bundled digits, tiny models with 4x4 patches, one CPU thread, a few
 seeds; each experiment fits in minutes on a 2-core CPU) and `full` (CIFAR-10, the 'small'
@@ -48,7 +51,7 @@ import argparse
 import sys
 
 from duat.distributed.process import Context, launched, launched_world, run_in_group
-from duat.experiments import finetune, progressive
+from duat.experiments import composition, finetune, progressive
 from duat.experiments.plots import format_summary, label, plot_sweep, results_frame
 from duat.experiments.runs import bootstrap_interval, default_output_dir, results_folder, stats
 from duat.experiments.twins import twin_differences, width_and_size
@@ -62,6 +65,7 @@ from duat.storage import PARTIAL  # an unfinished run's records (see --resume)
 
 __all__ = ["CLASS_COUNTS", "EXPERIMENTS", "FRACTIONS", "GRID_M", "GRID_N", "GROUP_KEYS", "PARTIAL",
            "WIDTHS", "Experiment", "Plan", "add_arguments", "bootstrap_interval", "compare_results",
+           "composition",
            "default_output_dir", "finetune", "format_summary", "progressive", "get_experiment", "label",
            "list_experiments", "load_results", "missing_configurations", "plot_results",
            "plot_sweep", "results_folder", "results_frame", "run", "run_experiment", "stats",
@@ -72,7 +76,8 @@ __all__ = ["CLASS_COUNTS", "EXPERIMENTS", "FRACTIONS", "GRID_M", "GRID_N", "GROU
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("experiment", nargs="?", help=f"one of: {', '.join(EXPERIMENTS)}, finetune, "
-                                                         "progressive, or 'all' (the first four)")
+                                                         "progressive, composition, or 'all' (the "
+                                                         "first four)")
     parser.add_argument("--list", action="store_true", help="list the experiments and exit")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--quick", action="store_const", const="quick", dest="profile",
@@ -118,12 +123,15 @@ def _add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
 
 # ----------------------------------------------------------------------------- running
 
+ONE_PROCESS = ("finetune", "progressive", "composition")   # not spread over torchrun's processes
+
+
 def run(args: argparse.Namespace) -> int:
     """`duat reproduce` (bad input raises; duat.cli reports it with status 2). Under
     torchrun the sweeps train every run data parallel over the processes."""
     if not launched() or args.list or not args.experiment:
         return _reproduce(args, None)
-    if args.experiment in ("finetune", "progressive") and launched_world() > 1:
+    if args.experiment in ONE_PROCESS and launched_world() > 1:
         raise ValueError(f"duat reproduce {args.experiment} runs in one process (its many small "
                          f"trainings, freezing and weight files are not spread over processes): "
                          f"start it without torchrun")
@@ -139,6 +147,8 @@ def _reproduce(args: argparse.Namespace, ctx: Context | None) -> int:
               f"limited data (duat.experiments.finetune)")
         print(f"{'progressive':20s} Prefix models under three schedules, compression by keeping "
               f"branches, expansion for a new task (duat.experiments.progressive)")
+        print(f"{'composition':20s} What parallel layers cannot compose: induction, associative "
+              f"recall, a control and text, at equal parameters (duat.experiments.composition)")
         if not args.list:
             print("\nusage: duat reproduce EXPERIMENT [--quick | --full]", file=sys.stderr)
             return 2
@@ -147,9 +157,11 @@ def _reproduce(args: argparse.Namespace, ctx: Context | None) -> int:
         return _run_finetune(args)
     if args.experiment == "progressive":       # likewise
         return _run_progressive(args)
+    if args.experiment == "composition":       # likewise
+        return _run_composition(args)
     if args.experiment != "all" and args.experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {args.experiment!r}; known experiments: "
-                         f"{', '.join([*EXPERIMENTS, 'finetune', 'progressive'])}, or 'all' "
+                         f"{', '.join([*EXPERIMENTS, *ONE_PROCESS])}, or 'all' "
                          f"(see `duat reproduce --list`)")
     names = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
     if len(names) > 1 and (args.out or args.compare):
@@ -215,16 +227,20 @@ def _run_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_progressive(args: argparse.Namespace) -> int:
-    """`duat reproduce progressive`: the common options, handed to
-    duat.experiments.progressive.run_experiment (the finetune-only ones are refused)."""
-    if args.compare:
-        raise ValueError("--compare is not supported for the progressive experiment")
+def _refuse_finetune_options(args: argparse.Namespace) -> None:
     extra = [o for o, v in (("--weights", args.weights), ("--arch", args.arch),
                             ("--datasets", args.datasets), ("--per-class", args.per_class),
                             ("--layouts", args.layouts), ("--select", args.select)) if v]
     if extra:
         raise ValueError(f"{', '.join(extra)}: only `duat reproduce finetune` takes these")
+
+
+def _run_progressive(args: argparse.Namespace) -> int:
+    """`duat reproduce progressive`: the common options, handed to
+    duat.experiments.progressive.run_experiment (the finetune-only ones are refused)."""
+    if args.compare:
+        raise ValueError("--compare is not supported for the progressive experiment")
+    _refuse_finetune_options(args)
     chosen = check_profile(args.profile)
     results = progressive.run_experiment(
         chosen, out=args.out, overwrite=args.overwrite, seeds=args.seeds,
@@ -235,3 +251,37 @@ def _run_progressive(args: argparse.Namespace) -> int:
     print(f"results in {results['out']}/ ({chosen} profile, {results['wall_time_s']:.0f} s "
           f"on {results['device']})")
     return 0
+
+
+def _run_composition(args: argparse.Namespace) -> int:
+    """`duat reproduce composition`: the common options, handed to
+    duat.experiments.composition.run_experiment; --compare checks the new means against
+    other results (exit 1 if any lies outside max(2 sd, 0.02) of the reference's)."""
+    _refuse_finetune_options(args)
+    if args.data_root or args.no_download:
+        raise ValueError("--data-root, --no-download: the composition tasks are generated and "
+                         "its text ships with Python; nothing is read or downloaded")
+    chosen = check_profile(args.profile)
+    if args.compare and args.out is None and not args.overwrite:
+        default = default_output_dir(composition.NAME, chosen)
+        if default.is_dir() and any(default.iterdir()):
+            raise FileExistsError(f"{default} already holds results; to rerun and compare "
+                                  f"with them, write the rerun elsewhere: --out DIR")
+    reference = composition.load_results(args.compare) if args.compare else None
+    results = composition.run_experiment(
+        chosen, out=args.out, overwrite=args.overwrite, resume=args.resume,
+        progress=not args.no_progress, seeds=args.seeds, device=args.device, threads=args.threads)
+    print(f"\n{results['title']} ({chosen} profile, {len(results['records'])} runs, "
+          f"{results['wall_time_s']:.0f} s on {results['device']})")
+    print(composition.format_summary(results))
+    print(f"results in {results['out']}/")
+    if reference is None:
+        return 0
+    rows = composition.compare_results(results, reference)
+    for r in rows:
+        print(f"  {r['task']:9s} T={r['length']:<4d} {label(r['model']):18s} reference "
+              f"{r['reference']:.4f}  new {r['new']:.4f}  diff {r['difference']:+.4f}  tolerance "
+              f"{r['tolerance']:.4f}  {'ok' if r['within'] else 'OUTSIDE'}")
+    bad = [r for r in rows if not r["within"]]
+    print(f"{len(rows) - len(bad)}/{len(rows)} configurations within the seed spread")
+    return 1 if bad else 0

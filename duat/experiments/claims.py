@@ -21,9 +21,9 @@ from pathlib import Path
 
 from duat.bench import branch_parallel
 from duat.bench.regime import regime_grid
-from duat.bench.report import is_quick, list_runs
-from duat.bench.report import load_results as load_bench
+from duat.bench.report import is_quick, list_runs, load_results as load_bench
 from duat.experiments import finetune, progressive
+from duat.experiments.composition_claims import composition_claim
 from duat.experiments.decode_claims import decode_claim, is_decode
 from duat.experiments.sweeps import load_results as load_sweep
 from duat.experiments.runs import stats
@@ -470,7 +470,7 @@ def claims_table() -> list[Claim]:
             *scale_claims(sweeps["data-scale"]), *diversity_claims(sweeps["data-diversity"]),
             *finetune_claims(_load(finetune.load_results)),
             *progressive_claims(_load(progressive.load_results)),
-            *device_claims(branches)]
+            *device_claims(branches), composition_claim()]
 
 
 # ----------------------------------------------------------------------------- command line

@@ -19,9 +19,11 @@ from duat.registry import parse_name
 # ----------------------------------------------------------------------------- labels
 
 def label(model: str) -> str:
-    """'ViT-L' or 'Para-Former-m-n' for a registry name."""
+    """'ViT-L', 'GPT-L' or 'Para-Former-m-n' for a registry name."""
     m, n = parse_name(model)
-    return f"ViT-{m}" if n == 1 else f"Para-Former-{m}-{n}"
+    if n == 1:
+        return f"GPT-{m}" if model.strip().lower().startswith("gpt") else f"ViT-{m}"
+    return f"Para-Former-{m}-{n}"
 
 
 def layout_order(name: str) -> tuple[int, int]:

@@ -29,6 +29,7 @@ THRESHOLDS = {
     "within": 0.01,           # compression: kept branches within 1 point of the whole model
     "compress_min": 2.0,      # compression counts from 2x fewer parameters
     "compress_paper": 15.07,  # the follow-up's reported compression (its claim, not the kit's)
+    "solved": 0.9,            # composition: a task counts as learnt from this held-out accuracy
 }
 
 
@@ -84,6 +85,15 @@ def rules() -> tuple[Rule, ...]:
              "An exact identity or an exact keep: holds when it is exact in every committed case "
              "(and the kit's tests check it to float rounding); does not otherwise."),
         Rule("F", "not measured", "No committed result measures the claim: not tested here."),
+        Rule("G", "what one stage cannot compose",
+             f"Per composed task (induction, MQAR) and sequence length, tested where a serial "
+             f"GPT-L (L >= 2) learns it (mean held-out accuracy >= {t['solved']:g}): held when "
+             f"every model with two or more stages in series learns it and every "
+             f"Para-Former-1-n stays below that even at its mean + {t['spread']:g} sd; partly "
+             f"when the one-stage models stay below but a Para-Former-m-n (m >= 2) does not "
+             f"learn it either; did not hold when a Para-Former-1-n comes within its spread. "
+             f"holds: held in every tested case; partly: held or partly in some; does not: in "
+             f"none. A control task that some model did not learn caps the verdict at partly."),
     )
 
 

@@ -367,10 +367,15 @@ def _multihead_attention(m: nn.MultiheadAttention, x, sparse):
 
 
 def kit_attention_maps(m, X):
-    """Attention maps softmax(Q_h K_h^T / sqrt(d)) of duat.paraformer.Attention for X (T, D)."""
+    """Attention maps softmax(Q_h K_h^T / sqrt(d)) of duat.paraformer.Attention for X (T, D);
+    a causal attention's scores are -inf above the diagonal (a query sees itself and before)."""
     T, D = X.shape
     q, k, _ = m.qkv(X).view(T, 3, m.heads, m.head_dim).permute(1, 2, 0, 3)  # each (H, T, dh)
-    return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(m.head_dim), dim=-1)  # (H, T, T)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(m.head_dim)                 # (H, T, T)
+    if getattr(m, "causal", False):
+        scores = scores.masked_fill(~torch.ones(T, T, dtype=torch.bool, device=X.device).tril(),
+                                    float("-inf"))
+    return torch.softmax(scores, dim=-1)                                     # (H, T, T)
 
 
 def _kit_attention(m, x, sparse):

@@ -1,13 +1,21 @@
 """The training loop: fit() and evaluate() in plain PyTorch, with checkpoints and resume.
 
 Used by `duat train`, `duat reproduce` (docs/method.md section 5: accuracy against the number
-of parallel layers, data scale and diversity) and the training notebooks. Any nn.Module
-mapping images (B, C, H, W) to logits (B, K) and any iterable of (x, y) batches will do.
+of parallel layers, data scale and diversity), `duat reproduce composition` and the training
+notebooks. Any nn.Module mapping images (B, C, H, W) to logits (B, K), or tokens (B, T) to
+logits (B, T, V), and any iterable of (x, y) batches will do: the loss and accuracy are
+taken at the scored positions (duat.training.evaluation; a language task marks the others
+-100), so one loop trains both.
+
+The loop in parts: `fit` sets a run up and walks its epochs; `schedule_steps` yields what an
+epoch trains, (pass, x, y, prefix k), from the schedule's plan; `_Loop.epoch` runs those
+steps (`_Loop.update`: one optimiser step) and returns the epoch's record; `_Checkpointer`
+writes the checkpoint.
 
 One optimisation step, as in nanoGPT:
 
     lr    = lr_at(step)                           # linear warm-up, then cosine decay
-    loss  = cross_entropy(model(x), y, label_smoothing)
+    loss  = cross_entropy(model(x), y, label_smoothing)   # mean over the scored positions
     g     = clip(grad loss, max_norm)             # global gradient-norm clipping
     theta = AdamW(theta, g, lr, weight_decay)     # no decay on biases and norm gains
 
@@ -31,11 +39,10 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from duat.checks import real, whole
@@ -43,7 +50,12 @@ from duat.distributed.process import Context, ShardedLoader
 from duat.runtime import seed_everything, select_device
 from duat.storage import CHECKPOINT_FORMAT, atomic_torch_save
 from duat.training.checkpoints import _model_config, _rng_state, _set_rng_state, load_checkpoint
-from duat.training.schedules import FrozenRows, Schedule, frozen_pairs, resolve_schedule
+from duat.training.evaluation import (amp_settings, evaluate, hits, predict, prefix_metrics,
+                                      scored_loss)
+from duat.training.schedules import EpochPlan, FrozenRows, Schedule, frozen_pairs, resolve_schedule
+
+__all__ = ["FitResult", "LOG_EVERY", "TrainConfig", "TrainEvent", "evaluate", "fit", "load_checkpoint",
+           "lr_at", "make_optimizer", "predict", "prefix_metrics", "schedule_steps"]
 
 # Steps between two readings of the loss (the progress bar's, and the check that it is
 # finite): with the epoch ends, the only times the loop waits for the device.
@@ -157,81 +169,6 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
 
 
-# ----------------------------------------------------------------------------- evaluation
-
-@torch.no_grad()
-def predict(model: nn.Module, loader: Iterable, device: str | torch.device | None = None):
-    """(predicted classes, true labels, logits) over a loader, as CPU tensors."""
-    device = _device_of(model) if device is None else torch.device(device)
-    was_training = model.training
-    model.eval()
-    labels, logits = [], []
-    try:
-        for x, y in loader:  # kept on the device: one copy to the CPU at the end, not a sync per batch
-            logits.append(model(x.to(device)).float())
-            labels.append(y)
-    finally:
-        model.train(was_training)
-    logits = torch.cat(logits).cpu()
-    return logits.argmax(1), torch.cat([y.cpu() for y in labels]), logits
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device: str | torch.device | None = None, *,
-             label_smoothing: float = 0.0, amp: bool = True,
-             branches: int | None = None) -> dict[str, float]:
-    """Mean loss, accuracy and throughput of `model` over `loader` (model left in its mode);
-    `branches` = k scores a ParaFormer's prefix model y_k (the first k branches per stage)."""
-    call = model if branches is None else (lambda x: model(x, branches=branches))
-    device = _device_of(model) if device is None else torch.device(device)
-    use_amp, amp_dtype = _amp_settings(device, amp)
-    was_training = model.training
-    model.eval()
-    # Per-batch sums stay on the device; one copy at the end, added up in Python floats in
-    # batch order: the same numbers as reading every batch, without a sync per batch.
-    loss_sums, corrects, count = [], [], 0
-    t0 = time.perf_counter()
-    try:
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                logits = call(x)
-            loss_sums.append(F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing,
-                                             reduction="sum"))
-            corrects.append((logits.argmax(1) == y).sum())
-            count += y.numel()
-    finally:
-        model.train(was_training)
-    if count == 0:
-        raise ValueError("the evaluation loader yielded no examples")
-    loss_sum = sum(torch.stack(loss_sums).tolist(), 0.0)
-    correct = sum(torch.stack(corrects).tolist(), 0)
-    seconds = time.perf_counter() - t0
-    return {"loss": loss_sum / count, "accuracy": correct / count, "samples": count,
-            "seconds": seconds, "samples_per_s": count / max(seconds, 1e-9)}
-
-
-def prefix_metrics(model: nn.Module, loader: Iterable, *, label_smoothing: float = 0.0,
-                   amp: bool = True) -> dict[str, float]:
-    """prefix_loss_k and prefix_acc_k of a ParaFormer's prefix models y_k, k = 1..n."""
-    out = {}
-    for k in range(1, model.config.width + 1):
-        r = evaluate(model, loader, label_smoothing=label_smoothing, amp=amp, branches=k)
-        out[f"prefix_loss_{k}"], out[f"prefix_acc_{k}"] = r["loss"], r["accuracy"]
-    return out
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def _amp_settings(device: torch.device, amp: bool) -> tuple[bool, torch.dtype]:
-    if not amp or device.type != "cuda":
-        return False, torch.float32
-    return True, (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-
-
 # ----------------------------------------------------------------------------- training
 
 def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = None,
@@ -243,6 +180,8 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
         distributed: Context | None = None) -> FitResult:
     """Train `model` on `train_loader`; validate on `val_loader` after every epoch.
 
+    A batch is (x, y): images and labels, or tokens and targets (B, T) with IGNORE where a
+    position is not scored (duat.training.evaluation): the same loop trains both.
     checkpoint: file to write after every `config.checkpoint_every` epochs (atomically).
     resume: True (continue from `checkpoint`) or a checkpoint path; the model must be the
         same architecture. Weights, optimiser, step, RNG states and history are restored,
@@ -271,170 +210,56 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
     ctx = distributed if distributed is not None and distributed.world > 1 else None
     if ctx is not None and not isinstance(train_loader, ShardedLoader):
         train_loader = ShardedLoader(train_loader, ctx.rank, ctx.world)
-    steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
-    if steps_per_epoch < 1:
+    if len(train_loader) < 1:  # type: ignore[arg-type]
         raise ValueError("the training loader yields no batches")
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     resume_path = (checkpoint if resume is True else Path(resume) if resume else None)
     if resume is True and checkpoint is None:
         raise ValueError("resume=True needs checkpoint=PATH (or pass the checkpoint path as resume)")
 
-    device = select_device(config.device)
-    use_amp, amp_dtype = _amp_settings(device, config.amp)
-    model.to(device)
-    optimizer = make_optimizer(model, config)  # after the move: the state lives on `device`
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    schedule = resolve_schedule(schedule, model, config.epochs)
-    n = model.config.width if schedule is not None else 1
-    # positions: batches seen, over every pass of an epoch (progressive makes two)
-    per_epoch = len((schedule or _WHOLE).plan(0, config.epochs, n).passes) * steps_per_epoch
-    total_steps = config.epochs * per_epoch
-    warmup_steps = int(round(config.warmup_epochs * per_epoch))
-
-    history: list[dict] = []
-    start_epoch, step = 0, 0
+    loop = _Loop(model, train_loader, config, resolve_schedule(schedule, model, config.epochs),
+                 freeze_rows, ctx, callbacks, stop_event)
     if resume_path is not None:
-        state = load_checkpoint(resume_path, model, map_location=device)
-        optimizer.load_state_dict(state["optimizer_state"])
-        if state.get("scaler_state"):
-            scaler.load_state_dict(state["scaler_state"])
-        start_epoch, step, history = state["epoch"], state["step"], list(state["history"])
-        _warn_config_change(state.get("train_config", {}), config)
-        _set_rng_state(state["rng"])
-        if start_epoch >= config.epochs:
-            warnings.warn(f"the checkpoint has already completed {start_epoch} epochs "
-                          f"(config.epochs={config.epochs}): nothing to train")
+        loop.restore(resume_path)
     else:
         seed_everything(config.seed + (ctx.rank if ctx else 0))  # each rank its own dropout
-    net = ctx.wrap(model) if ctx else model  # DDP: rank 0's weights broadcast to every rank
-
+    loop.net = ctx.wrap(model) if ctx else model  # DDP: rank 0's weights broadcast to every rank
+    writer = _Checkpointer(checkpoint, loop, extra, write=ctx is None or ctx.main)
+    last_saved = checkpoint if (resume_path is not None and checkpoint == resume_path) else None
+    status, epochs_done, t_start = "completed", loop.start_epoch, time.perf_counter()
     bar = None
     if progress and (ctx is None or ctx.main):
-        bar = tqdm(total=total_steps, initial=start_epoch * per_epoch, unit="step",
-                   desc="training", dynamic_ncols=True)
-
-    def save(epoch: int) -> None:
-        if checkpoint is None or (ctx is not None and not ctx.main):
-            return
-        atomic_torch_save({
-            "format": CHECKPOINT_FORMAT,
-            "model_name": (extra or {}).get("model"),
-            "model_class": type(model).__name__,
-            "model_config": _model_config(model),
-            "model_state": model.state_dict(),
-            "optimizer_state": optimizer.state_dict(),
-            "scaler_state": scaler.state_dict() if scaler.is_enabled() else None,
-            "epoch": epoch, "step": step, "seed": config.seed,
-            "train_config": asdict(config),
-            "history": history,
-            "rng": _rng_state(),
-            "extra": extra or {},
-        }, checkpoint)
-
-    status, epochs_done, t_start = "completed", start_epoch, time.perf_counter()
-    last_saved = checkpoint if (resume_path is not None and checkpoint == resume_path) else None
-
-    def wants_stop(event: TrainEvent) -> bool:
-        answers = [cb(event) for cb in callbacks]
-        return any(a == "stop" for a in answers)
-
-    def one_step(x, y, k):  # one optimiser step on the prefix model y_k (k None: the whole model)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-            logits = net(x) if k is None else net(x, branches=k)                # (B, K)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
-        share = ctx.loss_share(y.numel(), train_loader.global_rows) if ctx else 1.0
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss * share if ctx else loss).backward()
-        frozen.mask_grads()                 # frozen rows count neither in the clip nor the step
-        if config.grad_clip is not None:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        frozen.restore()
-        return logits, loss
-
+        bar = loop.bar = tqdm(total=loop.total_steps, initial=loop.start_epoch * loop.per_epoch,
+                              unit="step", desc="training", dynamic_ncols=True)
     try:
-        for epoch in range(start_epoch, config.epochs):
-            plan = (schedule or _WHOLE).plan(epoch, config.epochs, n)
-            frozen = FrozenRows((frozen_pairs(model, plan) if schedule else []) + list(freeze_rows))
-            first, last = plan.start * per_epoch, plan.stop * per_epoch  # the phase's positions
-            # a phase shorter than the run (branchwise) warms up for at most half of itself
-            warmup = warmup_steps if last - first == total_steps else min(warmup_steps, (last - first) // 2)
-            model.train()
-            t0, stopped, updates = time.perf_counter(), False, 0
-            for prefixes in plan.passes:  # the last pass's loss and accuracy are recorded
-                if hasattr(train_loader, "set_epoch"):
-                    train_loader.set_epoch(epoch)
-                loss_sum = torch.zeros((), device=device)
-                correct = torch.zeros((), dtype=torch.long, device=device)
-                seen, checked = 0, step
-                for x, y in train_loader:
-                    if stop_event is not None and stop_event.is_set():
-                        stopped = True
-                        break
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    lr = lr_at(step - first, last - first, warmup, config.lr, config.min_lr)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    for k in prefixes:
-                        logits, loss = one_step(x, y, k)
-                        updates += 1
-                    step += 1
-                    loss_sum += loss.detach() * y.numel()
-                    correct += (logits.argmax(1) == y).sum()
-                    seen += y.numel()
-                    loss_value = None  # read from the device at the logging steps only
-                    if step % LOG_EVERY == 0 or step == total_steps:
-                        loss_value, running = torch.stack((loss.detach(), loss_sum)).tolist()
-                        _check_finite(running, epoch + 1, checked, step)
-                        checked = step
-                    if bar is not None:
-                        bar.update(1)
-                        if loss_value is not None:
-                            bar.set_postfix(epoch=epoch + 1, loss=f"{loss_value:.3f}", refresh=False)
-                    if callbacks and wants_stop(TrainEvent(
-                            "batch", epoch + 1, step, history=history,
-                            loss=loss.detach() if loss_value is None else loss_value)):
-                        stopped = True
-                        break
-                if stopped:
-                    break
-            if stopped:  # a partial epoch: not recorded, not checkpointed
+        for epoch in range(loop.start_epoch, config.epochs):
+            t0 = time.perf_counter()
+            record = loop.epoch(epoch)
+            if record is None:  # a partial epoch: not recorded, not checkpointed
                 status = "stopped"
                 break
-            if ctx is not None:  # every rank's rows: the global batch's sums
-                loss_sum, correct, seen = ctx.all_sum(torch.stack(
-                    (loss_sum, correct.to(loss_sum.dtype), loss_sum.new_tensor(seen)))).tolist()
-            train_s = time.perf_counter() - t0
-            running = float(loss_sum)
-            _check_finite(running, epoch + 1, checked, step)
-            record = {"epoch": epoch + 1, "step": step, "lr": lr,
-                      "train_loss": running / seen, "train_acc": float(correct) / seen,
-                      "train_samples_per_s": seen * len(plan.passes) / max(train_s, 1e-9)}
             if val_loader is not None:
-                val = evaluate(model, val_loader, device, label_smoothing=config.label_smoothing,
-                               amp=config.amp)
+                val = evaluate(model, val_loader, loop.device,
+                               label_smoothing=config.label_smoothing, amp=config.amp)
                 record.update(val_loss=val["loss"], val_acc=val["accuracy"])
-            if schedule is not None:  # every prefix k = 1..n, on the validation data if any
-                record.update(schedule=schedule.name, phase=plan.phase, updates=updates,
+            if loop.schedule is not None:  # every prefix k = 1..n, on the validation data if any
+                record.update(schedule=loop.schedule.name, phase=loop.phase, updates=loop.updates,
                               **prefix_metrics(model, val_loader if val_loader is not None
-                                               else train_loader,
-                                               label_smoothing=config.label_smoothing,
-                                               amp=config.amp))
+                                             else train_loader,
+                                             label_smoothing=config.label_smoothing,
+                                             amp=config.amp))
             record["epoch_s"] = time.perf_counter() - t0
-            history.append(record)
+            loop.history.append(record)
             epochs_done = epoch + 1
             if (epochs_done % config.checkpoint_every == 0) or epochs_done == config.epochs:
-                save(epochs_done)
-                last_saved = checkpoint
+                last_saved = writer.save(epochs_done) or last_saved
             if bar is not None:
                 post = {"epoch": epochs_done, "loss": f"{record['train_loss']:.3f}"}
                 if "val_acc" in record:
                     post["val_acc"] = f"{record['val_acc']:.3f}"
                 bar.set_postfix(post)
-            if callbacks and wants_stop(TrainEvent("epoch", epochs_done, step, record=record,
-                                                   history=history)):
+            if loop.wants_stop(TrainEvent("epoch", epochs_done, loop.step, record=record,
+                                          history=loop.history)):
                 status = "stopped"
                 break
     except KeyboardInterrupt:
@@ -442,8 +267,176 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
     finally:
         if bar is not None:
             bar.close()
-    return FitResult(model=model, history=history, status=status, epochs_completed=epochs_done,
-                     step=step, checkpoint=last_saved, wall_time_s=time.perf_counter() - t_start)
+    return FitResult(model=model, history=loop.history, status=status,
+                     epochs_completed=epochs_done, step=loop.step, checkpoint=last_saved,
+                     wall_time_s=time.perf_counter() - t_start)
+
+
+def schedule_steps(plan: EpochPlan, loader: Iterable, epoch: int) -> Iterator[tuple[int, Any, Any, int | None]]:
+    """What one epoch trains, in order: (pass, x, y, k) for every batch of every pass of the
+    plan and every prefix k of that pass (k None: the whole model). The loader is told the
+    epoch before each pass, so its order depends on the epoch only."""
+    for index, prefixes in enumerate(plan.passes):
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        for x, y in loader:
+            for k in prefixes:
+                yield index, x, y, k
+
+
+class _Loop:
+    """One run's training state (model, optimiser, scaler, step, history) and its two
+    actions: one optimiser step (`update`) and one epoch's steps (`epoch`)."""
+
+    def __init__(self, model, loader, config: TrainConfig, schedule: Schedule | None,
+                 freeze_rows, ctx: Context | None, callbacks, stop_event):
+        self.model = self.net = model
+        self.loader, self.config, self.schedule, self.ctx = loader, config, schedule, ctx
+        self.freeze_rows, self.callbacks, self.stop_event = list(freeze_rows), callbacks, stop_event
+        self.device = select_device(config.device)
+        self.use_amp, self.amp_dtype = amp_settings(self.device, config.amp)
+        model.to(self.device)
+        self.optimizer = make_optimizer(model, config)  # after the move: the state lives on `device`
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        self.n = model.config.width if schedule is not None else 1
+        # positions: batches seen, over every pass of an epoch (progressive makes two)
+        self.per_epoch = len(self.plan(0).passes) * len(loader)
+        self.total_steps = config.epochs * self.per_epoch
+        self.warmup_steps = int(round(config.warmup_epochs * self.per_epoch))
+        self.history: list[dict] = []
+        self.start_epoch, self.step, self.bar = 0, 0, None
+        self.frozen, self.phase, self.updates = FrozenRows(), None, 0
+
+    def plan(self, epoch: int) -> EpochPlan:
+        return (self.schedule or _WHOLE).plan(epoch, self.config.epochs, self.n)
+
+    def restore(self, path: Path) -> None:
+        state = load_checkpoint(path, self.model, map_location=self.device)
+        self.optimizer.load_state_dict(state["optimizer_state"])
+        if state.get("scaler_state"):
+            self.scaler.load_state_dict(state["scaler_state"])
+        self.start_epoch, self.step = state["epoch"], state["step"]
+        self.history = list(state["history"])
+        _warn_config_change(state.get("train_config", {}), self.config)
+        _set_rng_state(state["rng"])
+        if self.start_epoch >= self.config.epochs:
+            warnings.warn(f"the checkpoint has already completed {self.start_epoch} epochs "
+                          f"(config.epochs={self.config.epochs}): nothing to train")
+
+    def wants_stop(self, event: TrainEvent) -> bool:
+        answers = [cb(event) for cb in self.callbacks]
+        return any(a == "stop" for a in answers)
+
+    def update(self, x, y, k):
+        """One optimiser step on the prefix model y_k (k None: the whole model)."""
+        config, ctx = self.config, self.ctx
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+            logits = self.net(x) if k is None else self.net(x, branches=k)   # (B, K) or (B, T, V)
+            loss = scored_loss(logits, y, config.label_smoothing)
+        share = ctx.loss_share(len(y), self.loader.global_rows) if ctx else 1.0
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss * share if ctx else loss).backward()
+        self.frozen.mask_grads()          # frozen rows count neither in the clip nor the step
+        if config.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.frozen.restore()
+        return logits, loss
+
+    def epoch(self, epoch: int) -> dict | None:
+        """One epoch's steps; its record (training loss and accuracy of the last pass), or
+        None when a stop event or callback ended it part way."""
+        config, ctx, device = self.config, self.ctx, self.device
+        plan = self.plan(epoch)
+        self.frozen = FrozenRows((frozen_pairs(self.model, plan) if self.schedule else [])
+                                 + self.freeze_rows)
+        first, last = plan.start * self.per_epoch, plan.stop * self.per_epoch  # the phase's positions
+        # a phase shorter than the run (branchwise) warms up for at most half of itself
+        warmup = (self.warmup_steps if last - first == self.total_steps
+                  else min(self.warmup_steps, (last - first) // 2))
+        self.model.train()
+        t0, updates, current, prefixes = time.perf_counter(), 0, None, plan.passes[0]
+        lr = self.optimizer.param_groups[0]["lr"]
+        for index, x, y, k in schedule_steps(plan, self.loader, epoch):
+            if index != current:  # a new pass: the last pass's loss and accuracy are recorded
+                current, prefixes = index, plan.passes[index]
+                sums = torch.zeros(3, device=device)     # loss sum, correct, scored positions
+                checked = self.step
+            if k == prefixes[0]:  # the batch's first update: move it, set the step's lr
+                if self.stop_event is not None and self.stop_event.is_set():
+                    return None
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                lr = lr_at(self.step - first, last - first, warmup, config.lr, config.min_lr)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                batch = (x, y)
+            logits, loss = self.update(*batch, k)
+            updates += 1
+            if k != prefixes[-1]:
+                continue
+            x, y = batch  # the batch's last update: count it
+            self.step += 1
+            correct, count = hits(logits.detach(), y)
+            sums += torch.stack((loss.detach() * count, correct.to(sums.dtype), count.to(sums.dtype)))
+            if self.after_batch(epoch, loss, sums, checked):
+                return None
+            if self.step % LOG_EVERY == 0 or self.step == self.total_steps:
+                checked = self.step
+        if ctx is not None:  # every rank's rows: the global batch's sums
+            sums = ctx.all_sum(sums)
+        loss_sum, correct, seen = sums.tolist()
+        _check_finite(loss_sum, epoch + 1, checked, self.step)
+        record = {"epoch": epoch + 1, "step": self.step, "lr": lr,
+                  "train_loss": loss_sum / seen, "train_acc": correct / seen,
+                  "train_samples_per_s": seen * len(plan.passes) / max(time.perf_counter() - t0, 1e-9)}
+        self.phase, self.updates = plan.phase, updates
+        return record
+
+    def after_batch(self, epoch: int, loss, sums, checked: int) -> bool:
+        """Progress, the finite-loss check every LOG_EVERY steps, and the batch callbacks;
+        whether a callback asked to stop."""
+        loss_value = None  # read from the device at the logging steps only
+        if self.step % LOG_EVERY == 0 or self.step == self.total_steps:
+            loss_value, running = torch.stack((loss.detach(), sums[0])).tolist()
+            _check_finite(running, epoch + 1, checked, self.step)
+        if self.bar is not None:
+            self.bar.update(1)
+            if loss_value is not None:
+                self.bar.set_postfix(epoch=epoch + 1, loss=f"{loss_value:.3f}", refresh=False)
+        return bool(self.callbacks) and self.wants_stop(TrainEvent(
+            "batch", epoch + 1, self.step, history=self.history,
+            loss=loss.detach() if loss_value is None else loss_value))
+
+
+class _Checkpointer:
+    """Writes a run's checkpoint atomically (duat.storage): the model's config and weights,
+    optimiser and scaler states, step, epoch, seed, RNG states, history and `extra`."""
+
+    def __init__(self, path: Path | None, loop: _Loop, extra: dict | None, write: bool):
+        self.path, self.loop, self.extra, self.write = path, loop, extra or {}, write
+
+    def save(self, epoch: int) -> Path | None:
+        """Write the checkpoint after `epoch` epochs; the path written (None: none here)."""
+        loop = self.loop
+        if self.path is None or not self.write:
+            return self.path
+        atomic_torch_save({
+            "format": CHECKPOINT_FORMAT,
+            "model_name": self.extra.get("model"),
+            "model_class": type(loop.model).__name__,
+            "model_config": _model_config(loop.model),
+            "model_state": loop.model.state_dict(),
+            "optimizer_state": loop.optimizer.state_dict(),
+            "scaler_state": loop.scaler.state_dict() if loop.scaler.is_enabled() else None,
+            "epoch": epoch, "step": loop.step, "seed": loop.config.seed,
+            "train_config": asdict(loop.config),
+            "history": loop.history,
+            "rng": _rng_state(),
+            "extra": self.extra,
+        }, self.path)
+        return self.path
 
 
 _WHOLE = Schedule("joint")  # the plain loop's plan: one pass, one phase, nothing frozen

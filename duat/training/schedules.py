@@ -32,7 +32,7 @@ import torch.nn as nn
 
 from duat.branches import branch_rows, front_rows
 from duat.checks import one_of
-from duat.paraformer import ParaFormer
+from duat.paraformer import StagedModel
 
 SCHEDULES = ("joint", "progressive", "branchwise")
 
@@ -91,9 +91,9 @@ def resolve_schedule(schedule, model: nn.Module, epochs: int) -> Schedule | None
     if schedule is None:
         return None
     schedule = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
-    if not isinstance(model, ParaFormer):
-        raise TypeError(f"a training schedule needs a ParaFormer (it calls model(x, branches=k)), "
-                        f"got {type(model).__name__}")
+    if not isinstance(model, StagedModel):
+        raise TypeError(f"a training schedule needs a ParaFormer or ParaFormerLM (it calls "
+                        f"model(x, branches=k)), got {type(model).__name__}")
     schedule.check(epochs, model.config.width)
     return schedule
 
@@ -121,7 +121,7 @@ class FrozenRows:
             p[idx] = saved
 
 
-def frozen_pairs(model: ParaFormer, plan: EpochPlan) -> list[tuple[nn.Parameter, object]]:
+def frozen_pairs(model: StagedModel, plan: EpochPlan) -> list[tuple[nn.Parameter, object]]:
     """The (parameter, index) pairs an epoch of `plan` freezes."""
     pairs = branch_rows(model, plan.frozen_branches)
     if plan.freeze_front:
