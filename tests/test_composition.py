@@ -115,8 +115,10 @@ def test_compare_flags_a_mean_outside_the_seed_spread():
 def test_the_command_line_refuses_in_one_line(capsys):
     assert cli.main(["reproduce", "composition", "--data-root", "x"]) == 2
     assert cli.main(["reproduce", "composition", "--layouts", "pf-1-2"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("error:") == 2 and "ships with Python" in err and "only `duat reproduce finetune`" in err
+    assert cli.main(["reproduce", "composition", "--compare", "composition"]) == 2  # the committed
+    err = capsys.readouterr().err                                  # folder is not rerun into
+    assert err.count("error:") == 3 and "ships with Python" in err and "only `duat reproduce finetune`" in err
+    assert "write the rerun elsewhere: --out DIR" in err
 
 
 @pytest.mark.parametrize("copy_mean, induction_pf, verdict", [

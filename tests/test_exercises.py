@@ -18,7 +18,7 @@ from duat.exercises import core
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 SOLUTIONS = NOTEBOOKS / "solutions"
-CHAPTERS = [f"{i:02d}" for i in range(1, 10)] + ["13"]
+CHAPTERS = [f"{i:02d}" for i in range(1, 10)] + ["13", "14"]
 IDS = sorted(EXERCISES, key=lambda i: tuple(int(p) for p in i.split(".")))
 
 
@@ -54,12 +54,12 @@ def _run_solutions(chapter: str, monkeypatch) -> list:
     return core.CHECKED[start:]
 
 
-def test_every_notebook_01_to_09_and_13_has_two_to_four_exercises():
+def test_every_notebook_01_to_09_13_and_14_has_two_to_four_exercises():
     counts = {c: sum(ex.notebook == c for ex in EXERCISES.values()) for c in CHAPTERS}
     assert all(2 <= n <= 4 for n in counts.values()), counts
     assert listing("01").splitlines()[0].startswith("1.1 ") and listing(1) == listing("01")
     for bad in ("x", 99, 10):
-        with pytest.raises(ValueError, match="has no exercises; notebooks 01 to 09 and 13 do"):
+        with pytest.raises(ValueError, match="has no exercises; notebooks 01 to 09, 13 and 14 do"):
             listing(bad)
 
 

@@ -1,4 +1,4 @@
-"""Exercises the kit checks: two to four per notebook, 01 to 09 and 13.
+"""Exercises the kit checks: two to four per notebook, 01 to 09, 13 and 14.
 
 Each exercise cell of a notebook ships as a stub that raises NotImplementedError; the learner
 writes the body and runs
@@ -11,7 +11,7 @@ implementation: "correct", or what is wrong with a hint (the shape, the first en
 differs, a likely cause). Worked solutions: notebooks/solutions/, one notebook per chapter.
 `reveal()` folds the answer to a "predict, then check" until the learner opens it.
 """
-from duat.exercises import ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09, ch13  # noqa: F401  (they register)
+from duat.exercises import ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09, ch13, ch14  # noqa: F401  (they register)
 from duat.exercises.core import EXERCISES, Answer, Verdict, check, reveal
 
 __all__ = ["EXERCISES", "Answer", "Verdict", "check", "listing", "reveal"]
@@ -30,12 +30,13 @@ def listing(notebook: str | int | None = None) -> str:
 
 
 def _spans(chapters: list[str]) -> str:
-    """['01', '02', '03', '13'] -> '01 to 03 and 13': runs of consecutive notebooks."""
+    """['01', '02', '03', '13', '14'] -> '01 to 03, 13 and 14': runs of three or more
+    consecutive notebooks as 'a to b'."""
     runs: list[list[str]] = []
     for c in chapters:
         if runs and int(c) == int(runs[-1][-1]) + 1:
             runs[-1].append(c)
         else:
             runs.append([c])
-    parts = [r[0] if len(r) == 1 else f"{r[0]} to {r[-1]}" for r in runs]
+    parts = [p for r in runs for p in (r if len(r) < 3 else [f"{r[0]} to {r[-1]}"])]
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]

@@ -40,12 +40,12 @@ from duat.experiments.verdicts import THRESHOLDS
 from duat.experiments.runs import (Progress, default_output_dir, kept_on_stop, spec_for, stats,
                                    write_results)
 from duat.experiments.runs import load_results as _load_results
-from duat.language import generate
+from duat.language import ParaFormerLM, generate
 from duat.registry import create_model, parse_name
 from duat.runtime import environment_info, seed_everything, select_device
 from duat.runtime import threads as using_threads
 from duat.storage import finish_partial, open_run_dir, save_partial
-from duat.tasks import SequenceTask, load_task
+from duat.tasks import LanguageSplits, SequenceTask, load_task
 from duat.training.engine import TrainConfig, evaluate, fit
 
 NAME = "composition"
@@ -134,7 +134,14 @@ def run_key(run: dict) -> str:
 # ----------------------------------------------------------------------------- one training
 
 def train_one(s: CompositionSpec, run: dict, progress: bool = False) -> dict:
-    """Train one model on one task (or the text) and score it on the held-out sequences."""
+    """Train one model on one task (or the text) and score it on the held-out sequences:
+    the run's record."""
+    return trained(s, run, progress)[2]
+
+
+def trained(s: CompositionSpec, run: dict, progress: bool = False) -> tuple[ParaFormerLM, LanguageSplits, dict]:
+    """One run of the experiment: (the trained model, the task's splits, the run's record),
+    for a reader who wants to look inside the model (notebook 14)."""
     with using_threads(s.threads):
         name, k = run["task"], run["k"]
         pattern = {"offset": k} if name == "copy" else {"pairs": k} if name != "text" else {}
@@ -164,7 +171,7 @@ def train_one(s: CompositionSpec, run: dict, progress: bool = False) -> dict:
             out = generate(model, prompt, s.context - prompt.shape[1], temperature=0.8,
                            seed=run["seed"])
             record["sample"] = splits.corpus.decode(out[0])
-        return record
+        return model, splits, record
 
 
 def _train_in_worker(spec_fields: dict, run: dict) -> dict:
