@@ -24,6 +24,8 @@ def run_tiny(out, **kw):
     (dict(tasks=(("induction", 8, 4),)), "below the pattern"),
     (dict(tasks=(("sorting", 8, 1),)), "unknown task"),
     (dict(workers=0), "workers must be >= 1"),
+    (dict(seeds=[0, -1]), "seed must be an int >= 0"),
+    (dict(threads=0), "threads must be a positive int"),
     (dict(colour="red"), "unknown option"),
 ])
 def test_the_spec_refuses_what_cannot_run(overrides, error):

@@ -167,11 +167,7 @@ def _reproduce(args: argparse.Namespace, ctx: Context | None) -> int:
     if len(names) > 1 and (args.out or args.compare):
         raise ValueError("--out and --compare need a single experiment, not 'all'")
     profile = check_profile(args.profile)
-    if args.compare and args.out is None and not args.overwrite:
-        default = default_output_dir(names[0], profile)
-        if default.is_dir() and any(default.iterdir()):
-            raise FileExistsError(f"{default} already holds results; to rerun and compare "
-                                  f"with them, write the rerun elsewhere: --out DIR")
+    _refuse_comparing_in_place(args, names[0], profile)
     reference = load_results(args.compare) if args.compare else None
     status = 0
     for name in names:
@@ -189,6 +185,15 @@ def _reproduce(args: argparse.Namespace, ctx: Context | None) -> int:
         if reference is not None and not _report_comparison(results, reference):
             status = 1
     return status
+
+
+def _refuse_comparing_in_place(args: argparse.Namespace, name: str, profile: str) -> None:
+    """--compare without --out would rerun into the folder of the results it compares with."""
+    if args.compare and args.out is None and not args.overwrite:
+        default = default_output_dir(name, profile)
+        if default.is_dir() and any(default.iterdir()):
+            raise FileExistsError(f"{default} already holds results; to rerun and compare "
+                                  f"with them, write the rerun elsewhere: --out DIR")
 
 
 def _report_comparison(results: dict, reference: dict) -> bool:
@@ -262,11 +267,7 @@ def _run_composition(args: argparse.Namespace) -> int:
         raise ValueError("--data-root, --no-download: the composition tasks are generated and "
                          "its text ships with Python; nothing is read or downloaded")
     chosen = check_profile(args.profile)
-    if args.compare and args.out is None and not args.overwrite:
-        default = default_output_dir(composition.NAME, chosen)
-        if default.is_dir() and any(default.iterdir()):
-            raise FileExistsError(f"{default} already holds results; to rerun and compare "
-                                  f"with them, write the rerun elsewhere: --out DIR")
+    _refuse_comparing_in_place(args, composition.NAME, chosen)
     reference = composition.load_results(args.compare) if args.compare else None
     results = composition.run_experiment(
         chosen, out=args.out, overwrite=args.overwrite, resume=args.resume,

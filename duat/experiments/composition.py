@@ -35,6 +35,7 @@ from typing import Callable, Sequence
 
 import matplotlib.pyplot as plt
 
+from duat.checks import whole
 from duat.experiments.plots import label
 from duat.experiments.verdicts import THRESHOLDS
 from duat.experiments.runs import (Progress, default_output_dir, kept_on_stop, spec_for, stats,
@@ -100,6 +101,13 @@ class CompositionSpec:
             parse_name(model)                                    # an unknown name: ValueError
         for task in self.tasks:
             self.task(task)                                      # a pattern that does not fit
+        for seed in self.seeds:
+            whole("seed", seed, minimum=0)
+        for name in ("dim", "heads", "train_sequences", "test_sequences", "epochs", "batch_size",
+                     "context", "text_windows"):
+            whole(name, getattr(self, name))
+        if self.threads is not None:
+            whole("threads", self.threads)
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
 
@@ -174,13 +182,6 @@ def trained(s: CompositionSpec, run: dict, progress: bool = False) -> tuple[Para
         return model, splits, record
 
 
-def _train_in_worker(spec_fields: dict, run: dict) -> dict:
-    """train_one in a worker process (the spec travels as plain fields)."""
-    fields = {k: tuple(tuple(t) if isinstance(t, list) else t for t in v) if isinstance(v, list) else v
-              for k, v in spec_fields.items()}
-    return train_one(CompositionSpec(**fields), run)
-
-
 # ----------------------------------------------------------------------------- the experiment
 
 def run_experiment(profile: str = "quick", *, out: str | Path | None = None, overwrite: bool = False,
@@ -240,9 +241,8 @@ def _train_all(s: CompositionSpec, todo: list[dict]):
         for run in todo:
             yield train_one(s, run)
         return
-    fields = s.record()
     with ProcessPoolExecutor(max_workers=s.workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_train_in_worker, fields, run) for run in todo]
+        futures = [pool.submit(train_one, s, run) for run in todo]
         try:
             for future in futures:          # in order: the partial record grows as a prefix
                 yield future.result()
