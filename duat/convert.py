@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models import VisionTransformer
 
-from duat.paraformer import _STACKED, ParaFormer, ParaFormerConfig
+from duat.paraformer import STACKED, ParaFormer, ParaFormerConfig
 from duat.storage import load_state_dict_checked  # noqa: F401 (its users import it from here too)
 
 ASSIGNMENTS = ("stage-major", "strided")   # where block k of an m x n layout goes (duat.transfer)
@@ -189,7 +189,7 @@ def to_torchvision(model: ParaFormer):
 def reference_view(model: ParaFormer, grads: bool = False) -> dict[str, torch.Tensor]:
     """The parameters (or their gradients) under reference-stage names, whatever the stage
     implementation: a batched stage's stacked tensor is split into its n branches."""
-    stacked_paths = dict(_STACKED)
+    stacked_paths = dict(STACKED)
     out = {}
     for name, p in model.named_parameters():
         if grads and not p.requires_grad:   # frozen: nothing to compare

@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 
 from duat.language import ParaFormerLM, ParaFormerLMConfig
-from duat.paraformer import _STACKED
+from duat.paraformer import STACKED
 from duat.storage import load_state_dict_checked
 
 try:
@@ -157,7 +157,7 @@ def from_gpt2(hf, stage: str = "batched", **overrides) -> ParaFormerLM:
         if stage == "reference":
             sd.update({f"stages.{l}.blocks.0.{path}": t for path, t in block.items()})
         else:   # a batched stage of one branch: every tensor gains a branch axis of 1
-            sd.update({f"stages.{l}.{name}": block[path][None] for name, path in _STACKED})
+            sd.update({f"stages.{l}.{name}": block[path][None] for name, path in STACKED})
     load_state_dict_checked(model, {k: v.contiguous() for k, v in sd.items()})
     return model.train(hf.training)
 

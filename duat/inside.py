@@ -16,7 +16,7 @@ takes such a sum apart, for a batch of images:
     dynamic_spread(model, images)   duat.theory.unroll.parameter_spread of those terms
 
 and, for compression (docs/method.md section 7: a model of some branches is a smaller
-Para-Former, duat.branches.keep_branches), which branches are worth keeping:
+Para-Former, duat.surgery.keep_branches), which branches are worth keeping:
 
     score_branches(model, val_loader, "loo")   (m, n) scores, higher = keep: the loss rise
                                     without the branch ("loo"), |f_i(x)| ("norm"), or the
@@ -39,7 +39,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from duat.branches import keep_branches
+from duat.surgery import keep_branches
 from duat.checks import one_of, whole
 from duat.language import ParaFormerLM
 from duat.paraformer import ParaFormer, ParallelStage, ReferenceStage

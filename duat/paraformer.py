@@ -182,8 +182,10 @@ class ReferenceStage(nn.Module):
         return torch.stack([block.residual(x) for block in self.blocks])
 
 
-# (name in ParallelStage, path in Block); every tensor gets a leading branch axis n.
-_STACKED = (
+# The tensors of a stage's branches: (name in ParallelStage, path in Block). ParallelStage
+# holds each with a leading branch axis n; the conversions (duat.convert, duat.transfer,
+# duat.gpt2) and the branch surgery (duat.surgery) walk this one list.
+STACKED = (
     ("norm1_weight", "norm1.weight"), ("norm1_bias", "norm1.bias"),
     ("qkv_weight", "attn.qkv.weight"), ("qkv_bias", "attn.qkv.bias"),
     ("proj_weight", "attn.proj.weight"), ("proj_bias", "attn.proj.bias"),
@@ -234,7 +236,7 @@ class ParallelStage(nn.Module):
         self.attn_dropout = first.attn.attn_dropout
         self.dropout = first.mlp.drop.p
         self.has_qkv_bias = first.attn.qkv.bias is not None
-        for name, path in _STACKED:
+        for name, path in STACKED:
             if not _has(first, path):  # e.g. qkv_bias=False
                 self.register_parameter(name, None)
                 continue
@@ -259,7 +261,7 @@ class ParallelStage(nn.Module):
                         self.dropout, self.attn_dropout, self.causal, activation) for _ in range(n)]
         with torch.no_grad():
             for i, block in enumerate(blocks):
-                for name, path in _STACKED:
+                for name, path in STACKED:
                     stacked = getattr(self, name)
                     if stacked is not None:
                         block.get_parameter(path).copy_(stacked[i])
@@ -351,7 +353,7 @@ class ParallelStage(nn.Module):
         of them); None for an absent one (qkv_bias=False)."""
         whole_stage = sl.start == 0 and sl.stop == self.width
         return {name: (t if t is None or whole_stage else t[sl])
-                for name, t in ((name, getattr(self, name)) for name, _ in _STACKED)}
+                for name, t in ((name, getattr(self, name)) for name, _ in STACKED)}
 
 
 def _slice_kv(kv, sl: slice):

@@ -61,7 +61,7 @@ from torchvision.models import VisionTransformer, WeightsEnum
 from duat.checks import one_of, whole
 from duat.convert import (ASSIGNMENTS, load_state_dict_checked, paraformer_parts, resample_pos_embed,
                           torchvision_parts, vit_config)
-from duat.paraformer import _STACKED, ParaFormer, ParaFormerConfig
+from duat.paraformer import STACKED, ParaFormer, ParaFormerConfig
 from duat.registry import create_model, parse_name
 from duat.storage import CHECKPOINT_FORMAT, load_tensors
 
@@ -414,7 +414,7 @@ def assemble_state_dict(outer: dict, block_states: list[dict], placement: list[l
                 for key, value in block_states[b].items():
                     sd[f"stages.{s}.blocks.{i}.{key}"] = value
         else:
-            for name, path in _STACKED:
+            for name, path in STACKED:
                 if path in block_states[row[0]]:
                     sd[f"stages.{s}.{name}"] = torch.stack([block_states[b][path] for b in row])
     return sd

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from duat.distributed import (branch_parallel, copy_to_ranks, gather_state_dict, load_split,
                               local_parameters, save_checkpoint, setup, sum_over_ranks, teardown)
-from duat.paraformer import _STACKED, ParaFormer
+from duat.paraformer import STACKED, ParaFormer
 
 TINY = dict(patch_size=4, dim=16, heads=2)
 
@@ -53,7 +53,7 @@ def case_branch_parallel(ctx, out: Path, split: str, stage: str = "batched") -> 
     if stage == "reference":                           # the stacked gradients, by stacking
         for s, st in enumerate(ref.stages):
             for name, p in ref_batched.stages[s].named_parameters():
-                path = dict(_STACKED)[name]                 # the Block path of a stacked name
+                path = dict(STACKED)[name]                 # the Block path of a stacked name
                 ref_grads[f"stages.{s}.{name}"] = torch.stack(
                     [b.get_parameter(path).grad for b in st.blocks])
 

@@ -270,7 +270,7 @@ def test_the_branch_parallel_benchmark_refuses_what_it_cannot_time(tmp_path):
 
 
 def test_the_committed_runs_table_names_each_model_and_what_its_speed_up_measures():
-    from duat.bench import branch_parallel as bp
+    from duat.bench import across_ranks as bp
 
     runs = {p.parent.name: bp.load(p) for p in bp.saved_runs()}
     table = bp.speedup_table(runs)

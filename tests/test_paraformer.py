@@ -36,7 +36,7 @@ def random_config(seed):
 
 def stage_params(model):
     """{(stage, branch, Block path): tensor} for either stage implementation."""
-    from duat.paraformer import _STACKED
+    from duat.paraformer import STACKED
 
     out = {}
     for s, stage in enumerate(model.stages):
@@ -45,7 +45,7 @@ def stage_params(model):
                 for name, p in block.named_parameters():
                     out[s, i, name] = p
         else:
-            for name, path in _STACKED:
+            for name, path in STACKED:
                 stacked = getattr(stage, name)
                 if stacked is not None:
                     for i in range(stacked.shape[0]):
@@ -445,8 +445,8 @@ def test_fast_path_gradients_equal_reference(n, budget):
     ((par(x_p) - target) ** 2).sum().backward()
     ((ref(x_r) - target) ** 2).sum().backward()
     _close(x_p.grad, x_r.grad)
-    from duat.paraformer import _STACKED
-    for name, path in _STACKED:
+    from duat.paraformer import STACKED
+    for name, path in STACKED:
         for i, block in enumerate(ref.blocks):
             _close(getattr(par, name).grad[i], block.get_parameter(path).grad)
 

@@ -196,7 +196,7 @@ def test_the_batched_prefix_never_touches_the_other_branches(budget, monkeypatch
 
 
 def test_old_task_rows_hold_what_the_old_prefix_uses_and_refuse_bad_input():
-    from duat.branches import expand, old_task_rows
+    from duat.surgery import expand, old_task_rows
 
     torch.manual_seed(0)
     old = ParaFormer(image_size=8, patch_size=4, dim=16, heads=2, width=2, num_classes=4)

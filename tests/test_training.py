@@ -244,3 +244,15 @@ def test_duat_train_command_line(tmp_path):
                   "--out", tmp_path / "r", "--no-progress")
     assert out.returncode == 0, out.stderr
     assert "test accuracy" in out.stdout
+
+
+def test_rng_state_restores_every_generator_a_run_draws_from():
+    import random
+
+    import numpy as np
+
+    from duat.training.checkpoints import rng_state, set_rng_state
+    state = rng_state()
+    first = (random.random(), float(np.random.rand()), torch.rand(1).item())
+    set_rng_state(state)
+    assert (random.random(), float(np.random.rand()), torch.rand(1).item()) == first

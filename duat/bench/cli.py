@@ -13,7 +13,7 @@
     duat bench --preset decode-gpu          # ... on CUDA, eager and a CUDA graph per step
     torchrun --nproc-per-node 2 -m duat bench --impl pf-branch-parallel
                                             # one process against 2, the branches split
-                                            # over them (duat.bench.branch_parallel)
+                                            # over them (duat.bench.across_ranks)
 
 Results go to bench/<name>/ of duat.locations.output_dir() (results.json, results.csv,
 latency_vs_layers.png): duat/results/bench/ in a source checkout, next to the committed
@@ -31,7 +31,7 @@ import datetime
 import sys
 from pathlib import Path
 
-from duat.bench import branch_parallel
+from duat.bench import across_ranks
 from duat.bench.decode import DECODE_PRESETS, DecodeSpec
 from duat.bench.decode_model import (check_decode_targets, format_decode_maps,
                                      format_decode_table, format_decode_targets,
@@ -87,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=int, nargs="+", metavar="L", help="depths L to time")
     parser.add_argument("--impl", nargs="+", metavar="NAME",
                         help=f"implementations (default: all): {', '.join(IMPLEMENTATIONS)}; "
-                             f"or {branch_parallel.NAME} alone, under torchrun: the branches of "
+                             f"or {across_ranks.NAME} alone, under torchrun: the branches of "
                              f"Para-Former-1-n over the processes, against one process "
                              f"(--layers: the widths n; --threads: per process, default 1)")
     parser.add_argument("--variants", nargs="+", metavar="V",
@@ -155,13 +155,13 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name, None) is not None:
             raise ValueError(f"--{name.replace('_', '-')} applies to the decode presets only "
                              f"(--preset {' or '.join(DECODE_PRESETS)})")
-    if args.impl and branch_parallel.NAME in args.impl:
+    if args.impl and across_ranks.NAME in args.impl:
         if len(args.impl) > 1 or args.compare or args.variants or args.dims:
-            raise ValueError(f"{branch_parallel.NAME} is timed on its own (no other --impl, "
+            raise ValueError(f"{across_ranks.NAME} is timed on its own (no other --impl, "
                              f"--variants, --dims or --compare)")
         args.impl = ["pf-batched"]  # the spec's model; the layers are the widths n
         spec, preset = spec_from_args(args)
-        return branch_parallel.run(args, spec, preset)
+        return across_ranks.run(args, spec, preset)
     reference = load_results(args.compare) if args.compare else None
     spec, preset = spec_from_args(args)
     device = resolve_device(spec)

@@ -1,6 +1,6 @@
 """One device's batched Para-Former-1-n against the latency model t = max(ops x tau, F / P).
 
-A branch-parallel run (`duat bench --impl pf-branch-parallel`, duat.bench.branch_parallel)
+A branch-parallel run (`duat bench --impl pf-branch-parallel`, duat.bench.across_ranks)
 times, as its "one" column, batched Para-Former-1-n on a single device: the only GPU
 latencies the kit ships (one visit to an NVIDIA H200). Such a run measured neither the
 fixed cost per operation tau nor the matmul peak P, and timed no serial ViT-n beside it.
@@ -17,7 +17,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from duat.bench import branch_parallel
+from duat.bench import across_ranks
 from duat.bench.timing import count_ops
 from duat.counting import flops
 from duat.locations import committed
@@ -58,8 +58,8 @@ def one_process_regime(run: dict | str | Path, peak: dict | None = None) -> dict
     ratio ("tau_fit_us", with the time the model then gives n = 1; None if no tau gives it)."""
     if isinstance(run, (str, Path)):
         path = Path(run)
-        run = branch_parallel.load(path if path.exists() or len(path.parts) > 1
-                                   else committed(branch_parallel.FOLDER) / path)
+        run = across_ranks.load(path if path.exists() or len(path.parts) > 1
+                                   else committed(across_ranks.FOLDER) / path)
     if not isinstance(run, dict) or "records" not in run or not all("one" in r for r in run["records"]):
         raise ValueError("run must be a branch-parallel run (duat bench --impl pf-branch-parallel)")
     spec, env = run["spec"], run["environment"]

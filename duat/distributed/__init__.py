@@ -5,7 +5,7 @@
 
 Two ways to use N processes (docs/method.md section 8):
 
-- branch parallelism (duat.distributed.branches): every rank keeps a share of each
+- branch parallelism (duat.distributed.branch_parallel): every rank keeps a share of each
   stage's n branches; one sum all-reduce per stage gives every rank y = x + sum_i f_i(x).
   It cuts a single forward pass's latency when the branch compute outweighs the
   all-reduce.
@@ -16,7 +16,7 @@ gloo on a CPU, NCCL on GPUs (one rank per GPU), chosen by `setup()`. Whether W p
 ended with the one-process weights: `weight_gap` (duat.distributed.agreement).
 """
 from duat.distributed.agreement import DDP_TOLERANCE, WeightGap, weight_gap
-from duat.distributed.branches import (SPLITS, BranchParallelStage, branch_parallel,
+from duat.distributed.branch_parallel import (SPLITS, BranchParallelStage, branch_parallel,
                                        copy_to_ranks, gather_state_dict, load_split,
                                        local_parameters, save_checkpoint, split_branches,
                                        sum_over_ranks)

@@ -19,7 +19,7 @@ import math
 import statistics
 from pathlib import Path
 
-from duat.bench import branch_parallel
+from duat.bench import across_ranks
 from duat.bench.regime import regime_grid
 from duat.bench.report import is_quick, list_runs, load_results as load_bench
 from duat.experiments import finetune, progressive
@@ -456,7 +456,7 @@ def bench_runs() -> dict[str, dict]:
 
 def branch_runs() -> dict[str, dict]:
     """The committed branch-parallel runs."""
-    return {p.parent.name: branch_parallel.load(p) for p in branch_parallel.saved_runs()}
+    return {p.parent.name: across_ranks.load(p) for p in across_ranks.saved_runs()}
 
 
 def claims_table() -> list[Claim]:

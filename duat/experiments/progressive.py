@@ -37,7 +37,7 @@ import torch
 
 from duat import data
 from duat.bench.timing import summarize as timing_summary, time_calls
-from duat.branches import expand, keep_branches, old_task_rows
+from duat.surgery import expand, keep_branches, old_task_rows
 from duat.checks import whole, wholes
 from duat.counting import count_parameters
 from duat.experiments.plots import (forgetting_rows, plot_compression, plot_forgetting,

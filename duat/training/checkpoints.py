@@ -21,12 +21,15 @@ from duat.storage import CHECKPOINT_FORMAT, CHECKPOINT_KEYS, load_tensors
 _LAYOUT_FREE = ("dropout", "attn_dropout", "debug_checks")
 
 
-def _model_config(model: nn.Module) -> dict | None:
+def model_config_of(model: nn.Module) -> dict | None:
+    """The model's config as a plain dict (what a checkpoint stores), None without one."""
     config = getattr(model, "config", None)
     return asdict(config) if is_dataclass(config) else None
 
 
-def _rng_state() -> dict:
+def rng_state() -> dict:
+    """Every random generator a run draws from (Python, NumPy, torch, CUDA), as plain data
+    that a checkpoint saves and set_rng_state restores."""
     np_state = np.random.get_state()
     return {
         "python": random.getstate(),
@@ -36,7 +39,8 @@ def _rng_state() -> dict:
     }
 
 
-def _set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict) -> None:
+    """Restore the generators from rng_state()'s record (CUDA only on the same device count)."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
@@ -70,7 +74,7 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None,
 
 def check_compatible(state: dict, model: nn.Module, path: str | Path = "checkpoint") -> None:
     """ValueError naming the differences if the checkpoint's model is not this model's."""
-    saved, current = state.get("model_config"), _model_config(model)
+    saved, current = state.get("model_config"), model_config_of(model)
     if saved is not None and current is not None:
         diff = [f"{k}: {saved.get(k)!r} in the checkpoint, {current.get(k)!r} here"
                 for k in sorted(set(saved) | set(current))

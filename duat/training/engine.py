@@ -49,7 +49,7 @@ from duat.checks import real, whole
 from duat.distributed.process import Context, ShardedLoader
 from duat.runtime import seed_everything, select_device
 from duat.storage import CHECKPOINT_FORMAT, atomic_torch_save
-from duat.training.checkpoints import _model_config, _rng_state, _set_rng_state, load_checkpoint
+from duat.training.checkpoints import load_checkpoint, model_config_of, rng_state, set_rng_state
 from duat.training.evaluation import (amp_settings, evaluate, hits, predict, prefix_metrics,
                                       scored_loss)
 from duat.training.schedules import EpochPlan, FrozenRows, Schedule, frozen_pairs, resolve_schedule
@@ -194,7 +194,7 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable | None = 
     schedule: None (the plain loop), or "joint", "progressive", "branchwise" for a ParaFormer
         (duat.training.schedules); then every epoch's record also holds prefix_loss_k and
         prefix_acc_k of every prefix model y_k, on the validation data (else the training data).
-    freeze_rows: (parameter, index) pairs held exactly as they are (duat.branches.branch_rows:
+    freeze_rows: (parameter, index) pairs held exactly as they are (duat.surgery.branch_rows:
         some branches of every stage), on top of what the schedule freezes.
     distributed: a duat.distributed.Context (under torchrun): data parallel training. Every
         rank takes its rows of each global batch of `train_loader` (ShardedLoader), DDP
@@ -318,7 +318,7 @@ class _Loop:
         self.start_epoch, self.step = state["epoch"], state["step"]
         self.history = list(state["history"])
         _warn_config_change(state.get("train_config", {}), self.config)
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         if self.start_epoch >= self.config.epochs:
             warnings.warn(f"the checkpoint has already completed {self.start_epoch} epochs "
                           f"(config.epochs={self.config.epochs}): nothing to train")
@@ -426,14 +426,14 @@ class _Checkpointer:
             "format": CHECKPOINT_FORMAT,
             "model_name": self.extra.get("model"),
             "model_class": type(loop.model).__name__,
-            "model_config": _model_config(loop.model),
+            "model_config": model_config_of(loop.model),
             "model_state": loop.model.state_dict(),
             "optimizer_state": loop.optimizer.state_dict(),
             "scaler_state": loop.scaler.state_dict() if loop.scaler.is_enabled() else None,
             "epoch": epoch, "step": loop.step, "seed": loop.config.seed,
             "train_config": asdict(loop.config),
             "history": loop.history,
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "extra": self.extra,
         }, self.path)
         return self.path

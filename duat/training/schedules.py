@@ -30,7 +30,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from duat.branches import branch_rows, front_rows
+from duat.surgery import branch_rows, front_rows
 from duat.checks import one_of
 from duat.paraformer import StagedModel
 

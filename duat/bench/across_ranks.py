@@ -38,7 +38,7 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from duat.bench.harness import BenchSpec, environment
 from duat.bench.timing import summarize, time_calls
-from duat.distributed.branches import branch_parallel
+from duat.distributed.branch_parallel import branch_parallel
 from duat.distributed.process import Context, launched, run_in_group
 from duat.locations import committed, output_dir
 from duat.registry import create_model, model_config

@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 
 from duat import inside
-from duat.branches import FRONT, branch_rows, expand, keep_branches
-from duat.paraformer import _STACKED, ParaFormer, ParallelStage, ReferenceStage
+from duat.surgery import FRONT, branch_rows, expand, keep_branches
+from duat.paraformer import STACKED, ParaFormer, ParallelStage, ReferenceStage
 from duat.training import TrainConfig, evaluate, fit, load_checkpoint
 from duat.training.schedules import SCHEDULES, Schedule
 
@@ -43,7 +43,7 @@ def batches(count=1, size=16, seed=2):
 def stacked(model):
     """{(stage, name): tensor} of every stacked parameter of a batched model."""
     return {(s, name): getattr(stage, name) for s, stage in enumerate(model.stages)
-            for name, _ in _STACKED if getattr(stage, name) is not None}
+            for name, _ in STACKED if getattr(stage, name) is not None}
 
 
 def snapshot(model):
@@ -287,7 +287,7 @@ def test_frozen_branches_of_a_reference_model_stay_bit_for_bit():
 def test_branch_rows_names_the_rows_or_blocks():
     batched, reference = model_of(2, 3, "batched"), model_of(2, 3, "reference")
     pairs = branch_rows(batched, [1, 0, 1])
-    assert len(pairs) == 2 * len(_STACKED) and all(idx == [0, 1] for _, idx in pairs)
+    assert len(pairs) == 2 * len(STACKED) and all(idx == [0, 1] for _, idx in pairs)
     pairs = branch_rows(reference, [2])
     assert len(pairs) == 2 * len(list(reference.stages[0].blocks[2].parameters()))
     assert all(idx is Ellipsis for _, idx in pairs)
@@ -407,7 +407,7 @@ def test_a_compressed_model_saves_loads_and_converts(tmp_path):
 # ----------------------------------------------------------------------------- removing a branch
 
 # duat.inside.without_branch (a copy with f_i zeroed) is the model of the other branches
-# (duat.branches.keep_branches), and update_norms sees the removed branch as 0.
+# (duat.surgery.keep_branches), and update_norms sees the removed branch as 0.
 
 
 @pytest.mark.parametrize("stage", STAGES)

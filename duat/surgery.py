@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from duat.paraformer import (_STACKED, Block, ParaFormer, ParallelStage, ReferenceStage,
+from duat.paraformer import (STACKED, Block, ParaFormer, ParallelStage, ReferenceStage,
                              StagedModel, _block_from_config, _init_weights)
 
 # the front end: patch (images) or token (language) and position embedding; a language
@@ -165,7 +165,7 @@ def branch_rows(model: StagedModel, branches: Sequence[int]) -> list[tuple[nn.Pa
         return pairs
     for stage in pf.stages:
         if isinstance(stage, ParallelStage):
-            pairs += [(getattr(stage, name), branches) for name, _ in _STACKED
+            pairs += [(getattr(stage, name), branches) for name, _ in STACKED
                       if getattr(stage, name) is not None]
         else:
             pairs += [(p, ...) for i in branches for p in stage.blocks[i].parameters()]
