@@ -45,9 +45,23 @@ def test_every_module_of_the_package_is_in_a_layer():
     assert named - top == set(), "the contract names modules that do not exist"
 
 
-def test_no_import_circles_contract_covers_the_whole_package():
-    kinds = {c["type"]: c for c in _contracts()}
-    assert kinds["acyclic_siblings"]["ancestors"] == ["duat"]
+def _layers() -> list[str]:
+    (layered,) = [c for c in _contracts() if c["type"] == "layers"]
+    return [" | ".join(n.strip() for n in layer.split("|")) for layer in layered["layers"]]
+
+
+def test_the_contract_is_named_by_its_layers():
+    (layered,) = [c for c in _contracts() if c["type"] == "layers"]
+    assert layered["name"].endswith(": " + " > ".join(_layers())), (
+        "the layers contract's name must list its layers, top first, joined by ' > '")
+
+
+def test_the_readme_layout_shows_the_layers_in_the_contracts_order():
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("## Layout"):].split("```")[1]
+    shown = [line.strip()[:len(layer)] for line in block.splitlines() for layer in _layers()
+             if line.startswith("  " + layer) and line[2 + len(layer):3 + len(layer)] in (" ", "")]
+    assert shown == _layers(), "README's Layout section and pyproject's layers differ"
 
 
 def test_no_module_is_longer_than_500_lines_unless_it_says_why():

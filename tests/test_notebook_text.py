@@ -52,13 +52,6 @@ def test_no_machine_paths_or_process_language(path):
     assert not found, f"{path.name}:\n" + "\n".join(found)
 
 
-def test_the_scan_finds_what_it_looks_for():
-    assert MACHINE_PATHS.search("results folder: /work/main/results/bench")
-    assert MACHINE_PATHS.search(r"C:\Users\me\duat")
-    assert PROCESS_WORDS.search("The issue behind this benchmark set CPU targets")
-    assert not PROCESS_WORDS.search("tissues and reissued prints")
-
-
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_every_unchecked_output_says_why(path):
     """A cell whose output nbval ignores says why on its next line, as a comment."""
