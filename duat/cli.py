@@ -1,8 +1,9 @@
 """The `duat` command line: `duat info`, and the subcommands of the later modules.
 
-Each subcommand lives with the code it drives: a module that defines
-`add_arguments(parser)` and `run(args) -> int`. Only the chosen subcommand's module is
-imported, so `duat info` and `duat --help` stay fast. Bad usage prints the usage and
+Each subcommand lives with the code it drives, in its package's command-line module
+(duat.training.cli, duat.bench.cli, duat.experiments.cli; `duat claims` in
+duat.experiments.claims), which defines `add_arguments(parser)` and `run(args) -> int`.
+Only the chosen subcommand's module is imported, so `duat info` and `duat --help` stay fast. Bad usage prints the usage and
 exits with status 2 (argparse's convention).
 """
 from __future__ import annotations
@@ -16,8 +17,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("duat.cli", "print versions, the device found (cuda / mps / cpu) and threads"),
     "train": ("duat.training.cli", "train a named model on a dataset"),
-    "bench": ("duat.bench", "time serial ViT against Para-Former as depth grows"),
-    "reproduce": ("duat.experiments", "run a named experiment and write its results"),
+    "bench": ("duat.bench.cli", "time serial ViT against Para-Former as depth grows"),
+    "reproduce": ("duat.experiments.cli", "run a named experiment and write its results"),
     "claims": ("duat.experiments.claims",
                "the paper's claims, the kit's committed measurements and their verdicts"),
 }

@@ -12,8 +12,6 @@ the model (`from_torchvision`, `transfer`), with the one builder there.
     TORCHVISION_LAYER_KEYS, TORCHVISION_OUTER_KEYS   the name tables between the two
     resample_pos_embed(pos, grid)              -> the position embedding of a new patch grid
     to_torchvision(model)                      -> VisionTransformer (serial models only)
-    load_state_dict_checked(model, sd)         -> load, or a ValueError listing every
-                                                  missing, unexpected and mis-shaped key
     reference_view(model), compare_models(a, b, x)   the largest output and gradient
                                                   differences of two ParaFormers of one layout
                                                   (e.g. the batched and the reference stage)
@@ -34,7 +32,7 @@ import torch.nn.functional as F
 from torchvision.models import VisionTransformer
 
 from duat.paraformer import STACKED, ParaFormer, ParaFormerConfig
-from duat.storage import load_state_dict_checked  # noqa: F401 (its users import it from here too)
+from duat.storage import load_state_dict_checked
 
 ASSIGNMENTS = ("stage-major", "strided")   # where block k of an m x n layout goes (duat.transfer)
 

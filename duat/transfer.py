@@ -59,11 +59,11 @@ import torchvision.models as tvm
 from torchvision.models import VisionTransformer, WeightsEnum
 
 from duat.checks import one_of, whole
-from duat.convert import (ASSIGNMENTS, load_state_dict_checked, paraformer_parts, resample_pos_embed,
-                          torchvision_parts, vit_config)
+from duat.convert import (ASSIGNMENTS, paraformer_parts, resample_pos_embed, torchvision_parts,
+                          vit_config)
 from duat.paraformer import STACKED, ParaFormer, ParaFormerConfig
 from duat.registry import create_model, parse_name
-from duat.storage import CHECKPOINT_FORMAT, load_tensors
+from duat.storage import CHECKPOINT_FORMAT, load_state_dict_checked, load_tensors
 
 SELECTIONS = ("first", "last", "spread")
 DEFAULT_WEIGHTS = "ViT_B_16_Weights.IMAGENET1K_V1"

@@ -152,9 +152,9 @@ SWEEP = dict(name="accuracy-vs-width", profile="quick", seeds=[0], progress=Fals
 
 def case_sweep(ctx, out: Path) -> dict:
     """One run of a quick sweep, data parallel (`torchrun -m duat reproduce` in small)."""
-    from duat.experiments.sweeps import run_experiment
+    from duat.experiments.sweeps import run_sweep
 
-    results = run_experiment(**SWEEP, out=out / "sweep", distributed=ctx)
+    results = run_sweep(**SWEEP, out=out / "sweep", distributed=ctx)
     return {"records": results["records"], "processes": results.get("processes")}
 
 

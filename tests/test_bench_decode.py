@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from duat import bench
-from duat.bench import decode, decode_model, decode_run
+from duat.bench import decode, decode_run
 from duat.bench.cli import decode_spec_from_args
 from duat.bench.decode import DecodeRecord, DecodeSpec, decode_cost
 from duat.cli import main

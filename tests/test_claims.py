@@ -19,8 +19,7 @@ from duat.bench import load_decode_run
 from duat.cli import main
 from duat.experiments import claims as C
 from duat.experiments.decode_claims import decode_claim
-from duat.experiments import finetune, progressive
-from duat.experiments.sweeps import load_results as load_sweep
+from duat.experiments import load_results
 from duat.experiments.verdicts import (DOES_NOT, HOLDS, NOT_TESTED, PARTLY, THRESHOLDS, VERDICTS,
                                        Comparison, Pooled, cap, compression_verdict, current_block,
                                        readme_block, replace_block, rules, share_verdict,
@@ -169,14 +168,14 @@ def test_data_scale_must_beat_the_width_to_count_as_strong():
 
 
 def test_perturbing_committed_numbers_flips_their_verdicts():
-    ft = copy.deepcopy(finetune.load_results())
+    ft = copy.deepcopy(load_results("finetune"))
     for r in ft["summary"]:
         r["pretrained_mean"] = r["scratch_mean"] - 0.05
     for r in ft["runs"]:
         r["test_acc"] -= 0.2 * (r["init"] == "pretrained")
     assert C.finetune_claims(ft)[0].verdict == DOES_NOT
 
-    pr = copy.deepcopy(progressive.load_results())
+    pr = copy.deepcopy(load_results("progressive"))
     for e in pr["expansion"]:               # the old task kept exactly in every seed ...
         e["expansion_a_prefix"], e["expansion_a_logits_identical"] = e["a_before"], True
     assert C.progressive_claims(pr)[2].verdict in (HOLDS, PARTLY)
@@ -189,7 +188,7 @@ def test_perturbing_committed_numbers_flips_their_verdicts():
         r["lost_mean"] = 0.0 if r["ratio"] < 2 else 0.02
     assert C.progressive_claims(pr)[1].verdict == DOES_NOT
 
-    width = copy.deepcopy(load_sweep("accuracy-vs-width"))
+    width = copy.deepcopy(load_results("accuracy-vs-width"))
     for r in width["summary"] + width["records"]:
         if r["model"].startswith("vit-"):
             for key in ("test_acc", "test_acc_mean"):

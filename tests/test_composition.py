@@ -16,7 +16,7 @@ TINY = dict(models=("gpt-1", "pf-1-2"), tasks=(("copy", 8, 2), ("induction", 9, 
 
 
 def run_tiny(out, **kw):
-    return comp.run_experiment("quick", out=out, progress=False, log=None, **{**TINY, **kw})
+    return comp.run_composition("quick", out=out, progress=False, log=None, **{**TINY, **kw})
 
 
 @pytest.mark.parametrize("overrides, error", [
@@ -81,9 +81,9 @@ def test_an_interrupted_experiment_resumes_to_the_same_records(tmp_path, interru
 @pytest.mark.slow
 def test_worker_processes_give_the_same_records(tmp_path):
     tasks = (("copy", 8, 2),)
-    one = comp.run_experiment("quick", write=False, progress=False, log=None, **{**TINY, "tasks": tasks,
+    one = comp.run_composition("quick", write=False, progress=False, log=None, **{**TINY, "tasks": tasks,
                                                                                    "text_models": ()})
-    two = comp.run_experiment("quick", write=False, progress=False, log=None,
+    two = comp.run_composition("quick", write=False, progress=False, log=None,
                               **{**TINY, "tasks": tasks, "text_models": (), "workers": 2})
     key = lambda res: [(r["model"], r["seed"], r["test_acc"], r["test_loss"]) for r in res["records"]]
     assert key(one) == key(two)
@@ -110,7 +110,7 @@ def test_the_prediction_rule(means, verdict):
 def test_compare_flags_a_mean_outside_the_seed_spread():
     ref = {"summary": _summary("mqar", 16, {"gpt-2": 0.9, "pf-1-2": 0.3}, std=0.05)}
     new = {"summary": _summary("mqar", 16, {"gpt-2": 0.85, "pf-1-2": 0.5})}
-    within = {r["model"]: r["within"] for r in comp.compare_results(new, ref)}
+    within = {r["model"]: r["within"] for r in comp.compare_composition(new, ref)}
     assert within == {"gpt-2": True, "pf-1-2": False}
 
 

@@ -7,10 +7,10 @@ import copy
 import pytest
 import torch
 
-from duat.convert import (ASSIGNMENTS, compare_models, load_state_dict_checked, reference_view,
-                          to_torchvision, vit_config)
+from duat.convert import ASSIGNMENTS, compare_models, reference_view, to_torchvision, vit_config
 from duat.counting import count_parameters
 from duat.paraformer import ParaFormer
+from duat.storage import load_state_dict_checked
 from duat.transfer import from_torchvision, place_blocks, plan, transfer
 
 from conftest import randomize, torchvision_vit

@@ -118,7 +118,7 @@ def test_the_ddp_weight_check_catches_a_wrong_loss_weighting(tmp_path):
 
 
 def test_a_sweep_trains_data_parallel_and_rank_0_writes_it(tmp_path):
-    from duat.experiments.sweeps import run_experiment
+    from duat.experiments.sweeps import run_sweep
 
     sys.path.insert(0, str(HERE))
     try:
@@ -126,7 +126,7 @@ def test_a_sweep_trains_data_parallel_and_rank_0_writes_it(tmp_path):
     finally:
         sys.path.remove(str(HERE))
     ranks = launch("sweep", tmp_path)
-    alone = run_experiment(**SWEEP, write=False)
+    alone = run_sweep(**SWEEP, write=False)
     (want,) = alone["records"]
     for got in ranks:
         assert got["processes"] == 2

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from duat.theory.dynamic import (DynamicUAT, format_summary, matched_static_width, static_vs_dynamic,
-                                 summarize)
+from duat.theory.dynamic import (DynamicUAT, format_rmse_summary, matched_static_width, rmse_summary,
+                                 static_vs_dynamic)
 from duat.theory.uat import TARGETS, UAT, count_parameters
 
 
@@ -57,12 +57,12 @@ def test_experiment_records_and_summary():
     assert len(records) == 2 * 2 * 2
     for r in records:
         assert r["model"] in ("static", "dynamic") and math.isfinite(r["test_rmse"]) and r["test_rmse"] > 0
-    rows = summarize(records)
+    rows = rmse_summary(records)
     assert [r["target"] for r in rows] == ["smooth1d", "kinked2d"]
     for r in rows:
         assert abs(r["static_params"] - r["dynamic_params"]) <= 2
         assert r["ratio"] == pytest.approx(r["dynamic_rmse"] / r["static_rmse"])
-    assert "kinked2d" in format_summary(rows)
+    assert "kinked2d" in format_rmse_summary(rows)
 
 
 def test_the_default_comparison_covers_every_target():
@@ -72,8 +72,8 @@ def test_the_default_comparison_covers_every_target():
 
 
 def test_training_reduces_error_for_both_models():
-    short = summarize(static_vs_dynamic(targets=("smooth1d",), steps=5, n_test=200))[0]
-    longer = summarize(static_vs_dynamic(targets=("smooth1d",), steps=300, n_test=200))[0]
+    short = rmse_summary(static_vs_dynamic(targets=("smooth1d",), steps=5, n_test=200))[0]
+    longer = rmse_summary(static_vs_dynamic(targets=("smooth1d",), steps=300, n_test=200))[0]
     assert longer["static_rmse"] < short["static_rmse"] and longer["dynamic_rmse"] < short["dynamic_rmse"]
 
 

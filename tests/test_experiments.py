@@ -13,7 +13,11 @@ import pytest
 import torch
 
 from duat import experiments as ex
+from duat.experiments import plots, sweeps
+from duat.experiments.runs import bootstrap_interval, stats
+from duat.experiments.twins import twin_differences, width_and_size
 from duat.locations import RESULTS_ENV
+from duat.storage import PARTIAL, write_csv
 from duat.cli import main
 from duat.registry import create_model
 
@@ -22,7 +26,7 @@ from conftest import TINY_MODEL, run_cli
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["accuracy-vs-width", "accuracy-vs-depth", "data-scale", "data-diversity"]
 
-TINY = ex.Plan(dataset="digits", models=("pf-1-1", "pf-1-2"), variants=({"per_class": 5},),
+TINY = sweeps.Plan(dataset="digits", models=("pf-1-1", "pf-1-2"), variants=({"per_class": 5},),
                seeds=(0, 1), size="tiny", model_overrides=dict(TINY_MODEL),
                epochs=1, batch_size=32, device="cpu", threads=1)
 
@@ -31,7 +35,7 @@ TINY = ex.Plan(dataset="digits", models=("pf-1-1", "pf-1-2"), variants=({"per_cl
 def tiny(monkeypatch):
     """'accuracy-vs-width' with the tiny plan as its quick profile (about a second a run)."""
     name = "accuracy-vs-width"
-    monkeypatch.setitem(ex.EXPERIMENTS, name, replace(ex.EXPERIMENTS[name], quick=TINY))
+    monkeypatch.setitem(sweeps.SWEEPS, name, replace(sweeps.SWEEPS[name], quick=TINY))
     return name
 
 
@@ -42,30 +46,56 @@ def run_tiny(name, out, **kwargs):
 # ----------------------------------------------------------------------------- the registry
 
 def test_list_and_unknown_name():
-    assert ex.list_experiments() == NAMES
+    assert list(sweeps.SWEEPS) == NAMES
+    assert list(ex.EXPERIMENTS) == NAMES + ["finetune", "progressive", "composition"]
     with pytest.raises(ValueError, match="unknown experiment 'nope'") as err:
-        ex.get_experiment("nope")
+        sweeps.get_sweep("nope")
     for name in NAMES:
         assert name in str(err.value)
 
 
+@pytest.mark.parametrize("name", list(ex.EXPERIMENTS))
+def test_every_committed_table_regenerates_byte_identical_from_its_results(name, tmp_path, monkeypatch):
+    """load_results finds the experiment by results["experiment"]; its tables, written again
+    from the committed results.json, are the committed files byte for byte."""
+    monkeypatch.delenv(RESULTS_ENV, raising=False)
+    results = ex.load_results(name)
+    tables = ex.EXPERIMENTS[name].tables(results)
+    assert tables
+    for file_name, rows in tables.items():
+        write_csv(tmp_path / file_name, rows, float_format=ex.EXPERIMENTS[name].float_format)
+        committed = ROOT / "duat" / "results" / name / file_name
+        assert (tmp_path / file_name).read_bytes() == committed.read_bytes(), file_name
+
+
+def test_load_results_refuses_results_of_no_known_experiment(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps({"experiment": "nope", "summary": []}))
+    with pytest.raises(ValueError, match="unknown experiment 'nope'"):
+        ex.load_results(tmp_path)
+    (tmp_path / "results.json").write_text(json.dumps({"experiment": "finetune", "summary": []}))
+    with pytest.raises(ValueError, match="no 'profile', 'spec', 'runs', 'carry_over'"):
+        ex.load_results(tmp_path)
+    with pytest.raises(ValueError, match="not supported for the finetune experiment"):
+        ex.compare_results(ex.load_results("finetune"), ex.load_results("finetune"))
+
+
 def test_quick_plans_are_the_documented_sweeps():
-    width = ex.get_experiment("accuracy-vs-width").quick
+    width = sweeps.get_sweep("accuracy-vs-width").quick
     assert {f"pf-1-{n}" for n in (1, 2, 4, 8, 12)} <= set(width.models)
     assert {f"vit-{n}" for n in (2, 4, 8, 12)} <= set(width.models)
-    depth = ex.get_experiment("accuracy-vs-depth").quick
+    depth = sweeps.get_sweep("accuracy-vs-depth").quick
     assert {"pf-2-2", "pf-3-4", "vit-12"} <= set(depth.models)
-    scale = ex.get_experiment("data-scale").quick
+    scale = sweeps.get_sweep("data-scale").quick
     assert [v["fraction"] for v in scale.variants] == [0.1, 0.25, 0.5, 1.0]
-    diversity = ex.get_experiment("data-diversity").quick
+    diversity = sweeps.get_sweep("data-diversity").quick
     assert [v["num_classes"] for v in diversity.variants] == [2, 5, 10]
     totals = {v["num_classes"] * v["per_class"] for v in diversity.variants}
     assert totals == {250}  # the same number of training images for every k
     for name in NAMES:
-        plan = ex.get_experiment(name).quick
+        plan = sweeps.get_sweep(name).quick
         assert plan.dataset == "digits" and plan.device == "cpu" and plan.threads == 1
         assert len(plan.seeds) >= 2  # a spread to report
-        assert ex.get_experiment(name).full.dataset != "digits"
+        assert sweeps.get_sweep(name).full.dataset != "digits"
 
 
 @pytest.mark.parametrize("n", [2, 12])
@@ -84,7 +114,7 @@ def test_data_sweeps_run_every_paraformer_next_to_its_serial_twin_of_equal_cost(
     from duat.counting import count_parameters, flops
     from duat.registry import parse_name
 
-    plan = ex.get_experiment(name).plan(profile)
+    plan = sweeps.get_sweep(name).plan(profile)
     assert set(plan.models) == {"pf-1-1", "pf-1-4", "pf-1-12", "vit-4", "vit-12"}
     kw = dict(image_size=8, in_channels=1, patch_size=4)
     for model in plan.models:
@@ -102,20 +132,20 @@ def test_data_sweeps_run_every_paraformer_next_to_its_serial_twin_of_equal_cost(
 def test_every_question_points_to_its_section_of_the_method():
     method = (ROOT / "docs" / "method.md").read_text()
     for name in NAMES:
-        question = ex.get_experiment(name).question
+        question = sweeps.get_sweep(name).question
         assert question.startswith("docs/method.md 5."), question
         section = question.split()[1].rstrip(":")
         assert f"\n### {section} " in method, f"docs/method.md has no section {section}"
         assert "PAPER" not in question
-    assert ex.get_experiment("data-scale").question.startswith("docs/method.md 5.3:")
-    assert ex.get_experiment("accuracy-vs-width").question.startswith("docs/method.md 5.1:")
+    assert sweeps.get_sweep("data-scale").question.startswith("docs/method.md 5.3:")
+    assert sweeps.get_sweep("accuracy-vs-width").question.startswith("docs/method.md 5.1:")
 
 
 def test_plan_needs_epochs_or_steps():
     with pytest.raises(ValueError, match="either epochs or steps"):
-        ex.Plan(dataset="digits", models=("vit-1",))
+        sweeps.Plan(dataset="digits", models=("vit-1",))
     with pytest.raises(ValueError, match="either epochs or steps"):
-        ex.Plan(dataset="digits", models=("vit-1",), epochs=1, steps=10)
+        sweeps.Plan(dataset="digits", models=("vit-1",), epochs=1, steps=10)
 
 
 # ----------------------------------------------------------------------------- running
@@ -140,7 +170,7 @@ def test_tiny_run_writes_complete_records_and_refuses_to_overwrite(tiny, tmp_pat
         assert r["config"]["train"]["seed"] == r["seed"] and r["config"]["data"]["per_class"] == 5
         assert r["train_samples"] == 50 and r["test_samples"] == 359
         assert 0.0 <= r["test_acc"] <= 1.0
-    assert saved["summary"] == ex.summarize(records)
+    assert saved["summary"] == sweeps.sweep_summary(records)
     rows = (out / "results.csv").read_text().splitlines()
     assert len(rows) == 1 + 4
     assert {"model", "seed", "test_acc", "device", "wall_time_s"} <= set(rows[0].split(","))
@@ -197,7 +227,7 @@ def record(model="pf-1-2", seed=0, acc=0.9, fraction=1.0, k=10, per_class=None):
 
 
 def test_summarize_gives_mean_and_sample_std_over_seeds():
-    rows = ex.summarize([record(seed=0, acc=0.8), record(seed=1, acc=0.9), record(seed=2, acc=1.0),
+    rows = sweeps.sweep_summary([record(seed=0, acc=0.8), record(seed=1, acc=0.9), record(seed=2, acc=1.0),
                          record("vit-2", acc=0.5), record(fraction=0.5, acc=0.7)])
     assert len(rows) == 3  # grouped by model and data variant, never across them
     main_row = rows[0]
@@ -212,48 +242,48 @@ def test_summarize_gives_mean_and_sample_std_over_seeds():
 
 def test_bootstrap_interval_is_the_percentile_interval_of_resampled_means():
     values = [3.0, -1.0, 4.0, 1.0, 5.0, -2.0, 6.0]
-    low, high = ex.bootstrap_interval(values, level=0.9, resamples=400,
+    low, high = bootstrap_interval(values, level=0.9, resamples=400,
                                       generator=torch.Generator().manual_seed(7))
     g = torch.Generator().manual_seed(7)             # the documented recipe, step by step
     idx = torch.randint(len(values), (400, len(values)), generator=g)
     means = torch.tensor(values, dtype=torch.float64)[idx].mean(1)
     assert (low, high) == (torch.quantile(means, 0.05).item(), torch.quantile(means, 0.95).item())
     assert min(values) < low < sum(values) / len(values) < high < max(values)
-    wider = ex.bootstrap_interval(values, level=0.99, resamples=400,
+    wider = bootstrap_interval(values, level=0.99, resamples=400,
                                   generator=torch.Generator().manual_seed(7))
     assert wider[0] <= low and wider[1] >= high      # a higher level, a wider interval
-    assert ex.bootstrap_interval([2.0, 2.0, 2.0]) == (2.0, 2.0)
+    assert bootstrap_interval([2.0, 2.0, 2.0]) == (2.0, 2.0)
     for bad in ({"values": []}, {"values": [1.0], "level": 1.0}, {"values": [1.0], "resamples": 0},
                 {"values": [1.0, float("nan")]}, {"values": "abc"}, {"values": [1.0, "x"]},
                 {"values": [1.0], "resamples": 2.5}):
         with pytest.raises(ValueError):
-            ex.bootstrap_interval(**bad)
+            bootstrap_interval(**bad)
 
 
 def test_compare_results_flags_differences_beyond_the_seed_spread():
-    ref = {"summary": ex.summarize([record(seed=s, acc=a) for s, a in enumerate((0.90, 0.92, 0.94))]
+    ref = {"summary": sweeps.sweep_summary([record(seed=s, acc=a) for s, a in enumerate((0.90, 0.92, 0.94))]
                                    + [record("vit-2", seed=s, acc=0.8) for s in range(3)])}
-    same = {"summary": ex.summarize([record(seed=s, acc=a) for s, a in enumerate((0.93, 0.95, 0.97))]
+    same = {"summary": sweeps.sweep_summary([record(seed=s, acc=a) for s, a in enumerate((0.93, 0.95, 0.97))]
                                     + [record("vit-2", seed=s, acc=0.8) for s in range(3)])}
-    rows = {r["model"]: r for r in ex.compare_results(same, ref)}
+    rows = {r["model"]: r for r in sweeps.compare_sweep(same, ref)}
     assert rows["pf-1-2"]["difference"] == pytest.approx(0.03)
     assert rows["pf-1-2"]["tolerance"] == pytest.approx(0.04)      # 2 sd over seeds
     assert rows["pf-1-2"]["within"] and rows["vit-2"]["within"]
     assert rows["vit-2"]["tolerance"] == pytest.approx(0.01)       # sd 0: one test image of 100
 
-    moved = {"summary": ex.summarize([record(seed=s, acc=a) for s, a in enumerate((0.96, 0.98, 1.0))]
+    moved = {"summary": sweeps.sweep_summary([record(seed=s, acc=a) for s, a in enumerate((0.96, 0.98, 1.0))]
                                      + [record("vit-2", seed=s, acc=0.82) for s in range(3)])}
-    rows = {r["model"]: r for r in ex.compare_results(moved, ref)}
+    rows = {r["model"]: r for r in sweeps.compare_sweep(moved, ref)}
     assert not rows["pf-1-2"]["within"] and not rows["vit-2"]["within"]
 
-    other = {"summary": ex.summarize([record("pf-1-8")])}
+    other = {"summary": sweeps.sweep_summary([record("pf-1-8")])}
     with pytest.raises(ValueError, match="share no configuration"):
-        ex.compare_results(other, ref)
+        sweeps.compare_sweep(other, ref)
 
 
 def synthetic_results(name):
     """Records shaped like a real run of the quick plan (two seeds), for the plots."""
-    plan = ex.get_experiment(name).quick
+    plan = sweeps.get_sweep(name).quick
     records = []
     for v in plan.variants:
         for seed in (0, 1):
@@ -261,10 +291,10 @@ def synthetic_results(name):
                 k = v.get("num_classes", 10)
                 records.append(record(model, seed, 0.8 + 0.01 * i + 0.005 * seed,
                                       v.get("fraction", 1.0), k, v.get("per_class")))
-    e = ex.get_experiment(name)
+    e = sweeps.get_sweep(name)
     return {"experiment": name, "title": e.title, "x": e.x, "profile": "quick",
             "environment": {"device_name": "test CPU"}, "records": records,
-            "summary": ex.summarize(records)}
+            "summary": sweeps.sweep_summary(records)}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -371,13 +401,13 @@ def test_committed_quick_results_agree_with_their_records(name, monkeypatch):
     assert path.is_file(), f"no committed results for {name}"
     assert ex.load_results(name) == json.loads(path.read_text())  # by name: the committed ones
     results = json.loads(path.read_text())
-    plan = ex.get_experiment(name).quick
+    plan = sweeps.get_sweep(name).quick
     assert results["profile"] == "quick" and results["experiment"] == name
     runs = {(r["model"], json.dumps({k: r[k] for k in ("fraction", "per_class")}), r["seed"])
             for r in results["records"]}
     assert len(runs) == len(plan.models) * len(plan.variants) * len(plan.seeds) == len(results["records"])
     assert {r["model"] for r in results["records"]} == set(plan.models)
-    assert results["summary"] == ex.summarize(results["records"])
+    assert results["summary"] == sweeps.sweep_summary(results["records"])
     for r in results["records"]:
         assert r["device"] == "cpu" and r["dataset"] == "digits" and math.isfinite(r["wall_time_s"])
     assert (path.parent / f"{name}.png").is_file() and (path.parent / "results.csv").is_file()
@@ -387,7 +417,7 @@ def test_twin_differences_pair_paraformer_with_the_serial_vit_of_equal_size():
     results = {"records": [record("pf-1-4", 0, 0.95), record("vit-4", 0, 0.93), record("pf-1-4", 1, 0.90),
                            record("vit-4", 1, 0.92), record("pf-2-2", 0, 0.91), record("pf-1-2", 0, 0.9),
                            record("vit-1", 0, 0.5)]}
-    rows = ex.twin_differences(results)
+    rows = twin_differences(results)
     assert [(r["model"], r["twin"], r["seed"]) for r in rows] == [("pf-1-4", "vit-4", 0), ("pf-1-4", "vit-4", 1),
                                                                  ("pf-2-2", "vit-4", 0)]
     assert [r["difference"] for r in rows] == pytest.approx([0.02, -0.02, -0.02])
@@ -400,7 +430,7 @@ def test_width_and_size_split_the_gain_of_n_layers_into_arrangement_and_size():
         recs += [record("pf-1-1", seed, one), record("vit-4", seed, serial), record("pf-1-4", seed, parallel),
                  record("pf-1-4", seed, parallel - 0.1, fraction=0.5)]   # a variant without its twins
     recs.append(record("pf-1-4", 3, 0.99))                                # a seed without its twins
-    rows = ex.width_and_size({"records": recs}, n=4)
+    rows = width_and_size({"records": recs}, n=4)
     assert len(rows) == 1
     r = rows[0]
     assert r["seeds"] == [0, 1, 2] and (r["parallel_model"], r["serial_model"]) == ("pf-1-4", "vit-4")
@@ -408,25 +438,25 @@ def test_width_and_size_split_the_gain_of_n_layers_into_arrangement_and_size():
     assert r["arrangement_mean"] == pytest.approx((0.03 - 0.01 + 0.03) / 3)     # paired by seed
     assert r["size_mean"] == pytest.approx((0.05 + 0.04 + 0.06) / 3)
     assert r["total_mean"] == pytest.approx(r["arrangement_mean"] + r["size_mean"])
-    assert r["arrangement_std"] == pytest.approx(ex.stats([0.03, -0.01, 0.03])["std"])
+    assert r["arrangement_std"] == pytest.approx(stats([0.03, -0.01, 0.03])["std"])
     assert (r["arrangement_wins"], r["arrangement_losses"], r["size_wins"]) == (2, 1, 3)
     assert r["one_image"] == pytest.approx(0.01)                              # 100 test images
-    above = ex.width_and_size({"records": recs}, n=4, metric="test_acc_above_chance")[0]
+    above = width_and_size({"records": recs}, n=4, metric="test_acc_above_chance")[0]
     assert above["one_image"] == pytest.approx(0.01 / 0.9)
-    table = ex.plots.format_width_and_size(rows, "fraction").splitlines()
+    table = plots.format_width_and_size(rows, "fraction").splitlines()
     assert len(table) == 3 + 1 and "100% of the data" in table[-1] and "+5.0 +- 1.0 (3/3)" in table[-1]
     with pytest.raises(ValueError, match="no variant"):
-        ex.width_and_size({"records": recs}, n=12)
+        width_and_size({"records": recs}, n=12)
     with pytest.raises(ValueError, match="n >= 2"):
-        ex.width_and_size({"records": recs}, n=1)
+        width_and_size({"records": recs}, n=1)
 
 
 @pytest.mark.parametrize("name", ["data-scale", "data-diversity"])
 def test_committed_data_sweeps_hold_the_equal_cost_comparison(name, monkeypatch):
     monkeypatch.delenv(RESULTS_ENV, raising=False)
     results = ex.load_results(name)
-    rows = ex.width_and_size(results, n=12)
-    assert len(rows) == len(ex.get_experiment(name).quick.variants)
+    rows = width_and_size(results, n=12)
+    assert len(rows) == len(sweeps.get_sweep(name).quick.variants)
     for r in rows:
         assert r["seeds"] == [0, 1, 2]
         assert r["total_mean"] == pytest.approx(r["arrangement_mean"] + r["size_mean"])
@@ -438,7 +468,7 @@ def test_committed_results_point_to_the_method_not_a_missing_file(monkeypatch):
     monkeypatch.delenv(RESULTS_ENV, raising=False)
     for name in NAMES:
         folder = ROOT / "duat" / "results" / name
-        assert ex.load_results(name)["question"] == ex.get_experiment(name).question
+        assert ex.load_results(name)["question"] == sweeps.get_sweep(name).question
         for f in folder.iterdir():
             if f.suffix in (".json", ".csv"):
                 assert "PAPER.md" not in f.read_text(), f
@@ -447,9 +477,9 @@ def test_committed_results_point_to_the_method_not_a_missing_file(monkeypatch):
 
 
 def test_heat_map_colours_span_at_least_two_seed_spreads_each_way():
-    low, high = ex.plots.heatmap_range([[0.94, 0.96]], [[0.004, 0.012]])
+    low, high = plots.heatmap_range([[0.94, 0.96]], [[0.004, 0.012]])
     assert (low, high) == (pytest.approx(0.95 - 0.024), pytest.approx(0.95 + 0.024))
-    low, high = ex.plots.heatmap_range([[0.5, 0.9]], [[0.01, 0.01]])        # wide means: all shown
+    low, high = plots.heatmap_range([[0.5, 0.9]], [[0.01, 0.01]])        # wide means: all shown
     assert (low, high) == (pytest.approx(0.5), pytest.approx(0.9))
 
 
@@ -477,13 +507,13 @@ def test_an_interrupted_sweep_keeps_its_runs_and_resumes_to_the_same_results(tin
     out = tmp_path / "run"
 
     def two_runs_kept():
-        saved = json.loads((out / ex.PARTIAL).read_text())
+        saved = json.loads((out / PARTIAL).read_text())
         assert len(saved["done"]) == 2 and not (out / "results.json").exists()
 
     resumed, calls = interrupt_then_resume(lambda **kw: run_tiny(tiny, out, **kw), engine, "fit",
                                            stop_at=3, after_stop=two_runs_kept)  # Ctrl-C in run 3
     assert calls == 2                                            # only the runs not done
-    assert not (out / ex.PARTIAL).exists()
+    assert not (out / PARTIAL).exists()
     acc = lambda res: [(r["model"], r["seed"], r["test_acc"]) for r in res["records"]]
     assert acc(resumed) == acc(whole)
     with pytest.raises(FileExistsError, match="finished run"):
@@ -495,7 +525,7 @@ def test_resume_refuses_another_plan_or_nothing_to_resume(tiny, tmp_path):
         run_tiny(tiny, tmp_path / "empty", resume=True)
     out = tmp_path / "run"
     out.mkdir()
-    (out / ex.PARTIAL).write_text(json.dumps({"experiment": tiny, "profile": "quick",
+    (out / PARTIAL).write_text(json.dumps({"experiment": tiny, "profile": "quick",
                                               "plan": {"seeds": [9]}, "keys": [], "records": []}))
     with pytest.raises(ValueError, match="another experiment, profile or plan"):
         run_tiny(tiny, out, resume=True)

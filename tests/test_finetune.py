@@ -3,14 +3,16 @@ pre-trained for one epoch on digits 0-4, fine-tuned on digits 5-9), the summary'
 arithmetic, refusals, the CLI hand-over from `duat reproduce`, and the committed quick
 results."""
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from duat.experiments import finetune
+from duat.experiments import EXPERIMENTS, load_results
 from duat.cli import main
-from duat.experiments.finetune import (FinetuneSpec, format_carry_over, format_table,
-                                       load_results, make_spec, run_experiment, summarize)
+from duat.storage import PARTIAL
+from duat.experiments.finetune import (FinetuneSpec, format_carry_over, format_table, make_spec,
+                                       paired_summary, run_finetune)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(source_model="vit-2", source_epochs=1, per_class=(2,), seeds=(0, 1),
@@ -39,7 +41,7 @@ def test_spec_profiles_and_refusals():
 @pytest.fixture(scope="module")
 def tiny_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("finetune")
-    return out, run_experiment("quick", out=out, progress=False, **TINY)
+    return out, run_finetune("quick", out=out, progress=False, **TINY)
 
 
 def test_tiny_experiment_end_to_end(tiny_results):
@@ -73,7 +75,7 @@ def test_summary_statistics_are_paired_over_seeds():
                  test_acc=a, head_acc=0.3 if i == "pretrained" else None)
             for s, i, a in [(0, "pretrained", 0.6), (0, "scratch", 0.5),
                             (1, "pretrained", 0.4), (1, "scratch", 0.5)]]
-    (row,) = summarize(runs)
+    (row,) = paired_summary(runs)
     assert row["pretrained_mean"] == pytest.approx(0.5) and row["scratch_mean"] == pytest.approx(0.5)
     assert row["pretrained_std"] == pytest.approx(0.1414, abs=1e-4)      # sample std
     assert row["gain_mean"] == pytest.approx(0.0) and row["gain_std"] == pytest.approx(0.1414, abs=1e-4)
@@ -83,14 +85,14 @@ def test_summary_statistics_are_paired_over_seeds():
 def test_an_earlier_run_is_not_overwritten(tiny_results):
     out, _ = tiny_results
     with pytest.raises(FileExistsError, match="overwrite"):
-        run_experiment("quick", out=out, progress=False, **TINY)
-    with pytest.raises(FileNotFoundError, match="duat reproduce finetune --quick"):
+        run_finetune("quick", out=out, progress=False, **TINY)
+    with pytest.raises(FileNotFoundError, match="give a results.json, its folder"):
         load_results(out / "nothing-here")
 
 
 def test_layouts_must_fit_the_source(tmp_path):
     with pytest.raises(ValueError, match=r"m\*n = 4 blocks but the source has L = 2"):
-        run_experiment("quick", out=tmp_path, progress=False, **{**TINY, "layouts": ("pf-2-2",)})
+        run_finetune("quick", out=tmp_path, progress=False, **{**TINY, "layouts": ("pf-2-2",)})
 
 
 def test_duat_reproduce_hands_finetune_over(monkeypatch, tmp_path, capsys):
@@ -98,9 +100,10 @@ def test_duat_reproduce_hands_finetune_over(monkeypatch, tmp_path, capsys):
 
     def fake(profile, **kwargs):
         seen.update(kwargs, profile=profile)
-        return {"runs": [], "wall_time_s": 0.0, "summary": []}
+        return {"experiment": "finetune", "runs": [], "wall_time_s": 0.0, "summary": [],
+                "out": str(tmp_path)}
 
-    monkeypatch.setattr(finetune, "run_experiment", fake)
+    monkeypatch.setitem(EXPERIMENTS, "finetune", replace(EXPERIMENTS["finetune"], run=fake))
     assert main(["reproduce", "finetune", "--quick", "--out", str(tmp_path), "--seeds", "3", "4",
                  "--per-class", "5", "--layouts", "vit-4", "pf-1-4", "--weights", "w.pt",
                  "--arch", "vit-4", "--threads", "1", "--no-download"]) == 0
@@ -127,21 +130,21 @@ def test_committed_quick_results_are_consistent(monkeypatch):
     monkeypatch.delenv("DUAT_RESULTS", raising=False)
     path = REPO / "duat" / "results" / "finetune" / "results.json"   # shipped as package data
     assert path.is_file(), "no committed duat/results/finetune"
-    results = load_results()
+    results = load_results("finetune")
     assert results == json.loads(path.read_text())   # the default: the committed run
     assert results["profile"] == "quick" and results["experiment"] == "finetune"
-    assert summarize(results["runs"]) == results["summary"]
+    assert paired_summary(results["runs"]) == results["summary"]
     spec = results["spec"]
     assert len(results["runs"]) == (len(spec["per_class"]) * len(spec["seeds"])
                                     * len(spec["layouts"]) * 2 * len(spec["targets"]))
 
 
 def test_a_run_without_its_source_leaves_no_empty_folder(tmp_path):
-    from duat.experiments.finetune import run_experiment
+    from duat.experiments.finetune import run_finetune
 
     out = tmp_path / "run"
     with pytest.raises(Exception, match="nothing.pth"):
-        run_experiment("quick", out=out, progress=False, source=str(tmp_path / "nothing.pth"),
+        run_finetune("quick", out=out, progress=False, source=str(tmp_path / "nothing.pth"),
                        source_arch="vit-4")
     assert not out.exists()
 
@@ -154,31 +157,31 @@ def test_an_interrupted_run_resumes_with_the_same_source_and_results(tiny_result
     out = tmp_path / "run"
 
     def three_runs_and_the_source_kept():
-        assert len(json.loads((out / ft.PARTIAL).read_text())["done"]) == 3
+        assert len(json.loads((out / PARTIAL).read_text())["done"]) == 3
         assert (out / ft.PARTIAL_SOURCE).is_file() and not (out / "results.json").exists()
 
     def other_settings_are_refused():
         with pytest.raises(ValueError, match="other settings"):
-            run_experiment("quick", out=out, progress=False, resume=True, **{**TINY, "lr": 1e-4})
+            run_finetune("quick", out=out, progress=False, resume=True, **{**TINY, "lr": 1e-4})
 
     resumed, calls = interrupt_then_resume(
-        lambda **kw: run_experiment("quick", out=out, progress=False, **TINY, **kw),
+        lambda **kw: run_finetune("quick", out=out, progress=False, **TINY, **kw),
         ft, "finetune_run", stop_at=4, after_stop=three_runs_and_the_source_kept,  # Ctrl-C in run 4
         before_resume=other_settings_are_refused)
     assert calls == len(whole["runs"]) - 3                # only the runs not done
-    assert not (out / ft.PARTIAL).exists() and not (out / ft.PARTIAL_SOURCE).exists()
+    assert not (out / PARTIAL).exists() and not (out / ft.PARTIAL_SOURCE).exists()
     key = lambda r: (r["layout"], r["per_class"], r["seed"], r["init"], r["test_acc"])
     assert sorted(map(key, resumed["runs"])) == sorted(map(key, whole["runs"]))
     assert resumed["source"]["test_acc"] == whole["source"]["test_acc"]
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
-        run_experiment("quick", out=tmp_path / "none", progress=False, resume=True, **TINY)
+        run_finetune("quick", out=tmp_path / "none", progress=False, resume=True, **TINY)
 
 
 def test_a_layout_that_does_not_fit_the_source_is_refused_before_training(tmp_path):
-    from duat.experiments.finetune import run_experiment
+    from duat.experiments.finetune import run_finetune
 
     with pytest.raises(ValueError, match=r"m\*n = 9 blocks but the source has L = 4"):
-        run_experiment("quick", out=tmp_path / "run", progress=False, layouts=("pf-3-3",))
+        run_finetune("quick", out=tmp_path / "run", progress=False, layouts=("pf-3-3",))
     assert not (tmp_path / "run").exists()
     assert make_spec("quick", layouts=("pf-1-2",), select="last").layouts == ("pf-1-2",)
 

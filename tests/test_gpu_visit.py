@@ -1,12 +1,14 @@
-"""tools/gpu-visit, the GPU checks of a visit to a lent GPU machine: its dry run works on a
-CPU and writes nothing into the checkout, the plan fits the visit's budget, and without
-CUDA the real visit is refused in one line with status 2."""
+"""tools/gpu-visit, the GPU checks of a visit to a lent GPU machine: both visits hold every
+step within the device tool's limit, a step is killed at its limit with everything it
+started, a skipped CUDA test fails its step, the dry run passes on a CPU and writes nothing
+into the checkout, and bad input is refused in one line with status 2."""
 import importlib.machinery
 import importlib.util
 import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -14,106 +16,97 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "tools" / "gpu-visit"
-STEPS = ("cuda-tests", "bench-gpu", "bench-regime", "bench-decode", "train")
+LATENCY = ["cuda-tests", "bench-gpu", "bench-regime", "bench-decode", "train"]
+DISTRIBUTED = ["dist-tests", "dist-gpu", "dist-train", "dist-cpu-2", "dist-cpu-4", "dist-cpu-8"]
 
 
-def load_script(monkeypatch):
+@pytest.fixture
+def gv():
     """tools/gpu-visit as a module (its name has no .py); main() is not called."""
     loader = importlib.machinery.SourceFileLoader("gpu_visit", str(SCRIPT))
-    spec = importlib.util.spec_from_loader("gpu_visit", loader)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "gpu_visit", module)  # its dataclasses look it up
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader("gpu_visit", loader))
     loader.exec_module(module)
     return module
 
 
 def clean_env(**extra):
     env = {k: v for k, v in os.environ.items() if k not in ("OUT", "DUAT_PYTHON", "DUAT_RESULTS")}
-    env.update(extra)
-    return env
+    return {**env, **extra}
 
 
 def tree(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")} if folder.is_dir() else set()
 
 
-def test_plan_fits_the_budget_and_never_reuses_a_folder(tmp_path, monkeypatch):
-    gv = load_script(monkeypatch)
-    from duat.bench.report import BENCH_FOLDER
-    assert gv.BENCH_FOLDER == BENCH_FOLDER
-    (tmp_path / "bench" / "cuda-gpu-2026-01-02").mkdir(parents=True)  # an earlier run
-    steps = gv.build_steps(sys.executable, False, tmp_path / "bench", tmp_path / "runs",
-                           tmp_path / "visit", "2026-01-02", "120000")
-    assert [s.key for s in steps] == list(STEPS)
-    assert sum(s.limit_s for s in steps) + gv.RESERVE_S <= gv.BUDGET_S <= 8 * 60
-    gpu = steps[1]
-    assert gpu.outputs == [tmp_path / "bench" / "cuda-gpu-2026-01-02-120000"]
-    assert gpu.used == [tmp_path / "bench" / "cuda-gpu-2026-01-02"]
-    assert "--preset gpu --variants eager graph compile" in " ".join(gpu.command)
-    assert "--preset regime --device cuda" in " ".join(steps[2].command)
-    decode = " ".join(steps[3].command)      # the decode-gpu preset: cuda, eager and graph
-    assert "--preset decode-gpu" in decode and "--device" not in steps[3].command
-    assert steps[3].outputs == [tmp_path / "bench" / "cuda-decode-gpu-2026-01-02"]
-    assert steps[4].command[steps[4].command.index("--device") + 1] == "cuda"
-    assert "tests/test_paraformer.py" in steps[0].command and "cuda" in steps[0].command
+def visit(*args, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, env=clean_env(**env),
+                          capture_output=True, text=True, timeout=300)
 
 
-def test_the_distributed_visit_fits_the_budget_and_names_its_commands(tmp_path, monkeypatch):
-    gv = load_script(monkeypatch)
-    steps = gv.build_dist_steps(sys.executable, False, tmp_path / "branch-parallel",
-                                tmp_path / "runs", tmp_path / "visit", "2026-01-02", "120000")
-    assert [s.key for s in steps] == list(gv.DIST_KEYS) == list(gv.VISITS["distributed"])
-    assert sum(s.limit_s for s in steps) + gv.RESERVE_S <= gv.BUDGET_S
-    commands = {s.key: " ".join(s.command) for s in steps}
-    assert "tests/test_distributed.py" in commands["dist-tests"]
-    assert "--nproc-per-node gpu" in commands["dist-gpu"] and "--device cuda" in commands["dist-gpu"]
-    assert "--impl pf-branch-parallel" in commands["dist-gpu"]
-    assert "-m duat train" in commands["dist-train"] and "--device cuda" in commands["dist-train"]
-    for W in (2, 4, 8):
-        assert f"--nproc-per-node {W} " in commands[f"dist-cpu-{W}"]
-        assert "--device cpu" in commands[f"dist-cpu-{W}"]
+def test_the_script_is_at_most_200_lines():
+    assert len(SCRIPT.read_text().splitlines()) <= 200
+
+
+def test_both_visits_hold_every_step_on_cuda_and_the_dry_run_on_the_cpu(gv, tmp_path):
+    assert gv.VISITS == {"latency": LATENCY, "distributed": DISTRIBUTED}
+    paths = dict(py="python", bench=tmp_path / "bench", branches=tmp_path / "branch-parallel",
+                 runs=tmp_path / "runs", stamp="2026-01-02-030405")
+    for visit_name, names in gv.VISITS.items():  # the device tool's 540 s, less start and packing
+        assert sum(limit for v, _, limit, _ in gv.STEPS if v == visit_name) <= 450, visit_name
+    for _, name, _, template in gv.STEPS:
+        real = " ".join(gv.command(template, gv.REAL, paths))
+        toy = " ".join(gv.command(template, gv.TOY, paths))
+        assert "--device cuda" not in toy and "--nproc-per-node gpu" not in toy, name
+        if "-m pytest" in real:  # run, skips reported (-rs); in the dry run collected only
+            assert " -rs" in real and "--collect-only" in toy and "-rs" not in toy, name
+        elif name.startswith("dist-cpu-"):
+            assert f"--nproc-per-node {name[-1]} " in real and "--device cpu" in real, name
+        else:
+            assert "--device cuda" in real, name
+    assert "tests/test_paraformer.py" in gv.command(gv.STEPS[0][3], gv.REAL, paths)  # marks cuda
+
+
+def test_a_step_past_its_limit_is_killed_with_everything_it_started(gv, tmp_path):
+    pid_file = tmp_path / "grandchild.pid"
+    child = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', "
+             "'import time; time.sleep(60)']); open(sys.argv[1], 'w').write(str(p.pid)); "
+             "print('started', flush=True); time.sleep(60)")
+    lines = []
+    command = [sys.executable, "-c", child, str(pid_file)]
+    record = gv.run_step("sleeper", 2, command, dict(os.environ), lines.append)
+    assert record["status"] == "timed out: killed after 2 s" and record["wall_s"] < 20
+    assert "started" in lines
+    status = Path(f"/proc/{pid_file.read_text()}/status")
+    assert not status.exists() or "zombie" in status.read_text(), "the grandchild outlived its step"
+
+
+def test_a_skipped_test_fails_its_step(gv):
+    say = ["print('SKIPPED [1] tests/test_x.py:3: needs a CUDA device')", "print('1 passed')"]
+    record = gv.run_step("tests", 30, [sys.executable, "-c", "; ".join(say)], dict(os.environ),
+                         lambda line: None)
+    assert record["status"] == "failed: 1 test(s) skipped"
 
 
 @pytest.mark.slow
 def test_dry_run_runs_every_step_on_the_cpu_and_writes_nothing_into_the_checkout(tmp_path):
     watched = [REPO / "duat" / "results", REPO / "runs"]
     before = [tree(f) for f in watched]
-    done = subprocess.run([sys.executable, str(SCRIPT), "--dry-run"], cwd=REPO,
-                          env=clean_env(DUAT_RESULTS=str(tmp_path)), capture_output=True,
-                          text=True, timeout=240)
-    out = done.stdout
-    summaries = list(tmp_path.glob("gpu-visit-dry-*/visit/summary.json"))
-    assert len(summaries) == 1, out + done.stderr
-    summary = json.loads(summaries[0].read_text())
-    status = {s["key"]: s["status"] for s in summary["steps"]}
-    assert list(status) == list(STEPS)
-    # the log and summary may be committed: they name neither the checkout nor the interpreter
-    for written in (summaries[0], summaries[0].parent / "gpu-visit.log"):
-        text = written.read_text()
-        assert str(REPO) not in text and sys.executable not in text, written.name
-    assert summary["repo"] == "." and "$ python -m pytest" in written.read_text()
-    from duat.bench.cli import PRESETS
-    if "regime" in PRESETS:
-        assert done.returncode == 0, out[-4000:] + done.stderr
-        assert set(status.values()) == {"passed"}
-    else:  # the regime preset is not there yet: only its step may fail
-        assert done.returncode == 1 and status.pop("bench-regime") == "failed"
-        assert set(status.values()) == {"passed"}, out[-4000:]
-    # the plan: every step with its command and limit, within 8 minutes
-    assert [p["key"] for p in summary["plan"]] == list(STEPS)
-    assert sum(p["limit_s"] for p in summary["plan"]) <= 8 * 60
-    plan = out[out.index("plan of the visit"):out.index("path checks")]
-    for key in STEPS:
-        assert f" {key} " in plan
-    assert "-m pytest" in plan and "--preset gpu --variants eager graph compile" in plan
-    assert "--preset regime --device cuda" in plan and "--device cuda" in plan
-    assert "--preset decode-gpu" in plan
-    assert summary["finished"] and all(c["problem"] is None for c in summary["checks"])
-    # the tiny runs wrote into the temporary folder, nothing came into the checkout
-    scratch = summaries[0].parent.parent
-    assert (next(scratch.glob("bench/cuda-gpu-*")) / "results.json").is_file()
-    assert (next(scratch.glob("bench/cuda-decode-gpu-*")) / "results.json").is_file()
-    assert (next(scratch.glob("runs/cuda-train-*")) / "results.json").is_file()
+    scratch, out = tmp_path / "tmp", tmp_path / "out"
+    scratch.mkdir()
+    done = visit("--dry-run", OUT=str(out), TMPDIR=str(scratch))
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr
+    summary = json.loads((out / "gpu-visit-summary.json").read_text())
+    assert [(s["name"], s["status"]) for s in summary["steps"]] == [(n, "passed") for n in LATENCY]
+    log = (out / "gpu-visit.log").read_text()
+    for text in (log, json.dumps(summary)):  # they may be committed: no path of this machine
+        assert str(REPO) not in text and sys.executable not in text
+    assert "$ python -m pytest" in log
+    with tarfile.open(out / "gpu-visit-results.tar.gz") as tar:
+        names = tar.getnames()
+    for run in ("cuda-gpu-", "cuda-regime-", "cuda-decode-gpu-", "cuda-train-pf-1-12-digits-"):
+        assert any(n.startswith(run) and n.endswith("/results.json") for n in names), run
+    assert not [n for n in names if n.endswith(".pt")]
+    assert not list(scratch.glob("gpu-visit-dry-*")), "the temporary folder was left behind"
     for folder, old in zip(watched, before):
         new = {p for p in tree(folder) - old if "-quick-" not in p}  # others' local quick runs
         assert not new, f"the dry run wrote into {folder}: {sorted(new)}"
@@ -126,11 +119,21 @@ def test_visit_without_cuda_exits_2_with_one_error_line():
     before = tree(REPO / "runs")
     done = subprocess.run([str(SCRIPT)], cwd=REPO, env=clean_env(DUAT_PYTHON=sys.executable),
                           capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2
+    assert done.returncode == 2 and done.stdout == ""
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: no CUDA device: "), done.stderr
-    assert lines[0].endswith("use --dry-run on a CPU") and done.stdout == ""
+    assert lines[0].endswith("use --dry-run on a CPU")
     assert tree(REPO / "runs") == before
+
+
+@pytest.mark.parametrize("args", [["--steps", "bench-gpu", "no-such-step"],
+                                  ["--visit", "distributed", "--steps", "train"]])
+def test_steps_outside_the_visit_are_refused_in_one_line(args):
+    done = visit("--dry-run", *args)
+    assert done.returncode == 2 and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --steps "), done.stderr
+    assert lines[0].endswith("dist-cpu-8" if "distributed" in args else "bench-decode, train")
 
 
 @pytest.mark.parametrize("mode", [[], ["--dry-run"]])
@@ -139,9 +142,7 @@ def test_a_python_without_torch_is_refused_in_one_line_before_any_step(tmp_path,
     fake.mkdir()
     (fake / "__init__.py").write_text("raise ImportError('no torch here (test)')\n")
     before = tree(REPO / "runs")
-    done = subprocess.run([sys.executable, str(SCRIPT), *mode], cwd=REPO,
-                          env=clean_env(PYTHONPATH=str(tmp_path), DUAT_PYTHON=sys.executable),
-                          capture_output=True, text=True, timeout=120)
+    done = visit(*mode, PYTHONPATH=str(tmp_path), DUAT_PYTHON=sys.executable)
     assert done.returncode == 2 and done.stdout == ""
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: torch is not importable"), done.stderr

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from duat import experiments as ex
+from duat.experiments import sweeps
 from duat import locations
 from duat.cli import main
 
@@ -47,7 +48,7 @@ def test_a_checkout_writes_new_runs_into_the_committed_folder_an_install_into_cw
     from duat.experiments import finetune
 
     assert finetune.default_output_dir("full") == tmp_path / "results" / "finetune-full"
-    assert finetune.load_results()["experiment"] == "finetune"
+    assert ex.load_results("finetune")["experiment"] == "finetune"
 
 
 def test_a_checkout_is_told_apart_by_the_projects_pyproject(tmp_path, monkeypatch):
@@ -127,10 +128,10 @@ def test_regenerating_the_committed_results_in_a_checkout_needs_overwrite(monkey
 def test_an_installed_kit_writes_a_new_run_into_cwd_and_still_reads_the_committed_one(tmp_path,
                                                                                       monkeypatch):
     name = "accuracy-vs-width"
-    tiny = ex.Plan(dataset="digits", models=("pf-1-1",), variants=({"per_class": 3},), seeds=(0,),
+    tiny = sweeps.Plan(dataset="digits", models=("pf-1-1",), variants=({"per_class": 3},), seeds=(0,),
                    size="tiny", model_overrides={"patch_size": 4, "dim": 16, "heads": 2}, epochs=1,
                    batch_size=32, device="cpu", threads=1)
-    monkeypatch.setitem(ex.EXPERIMENTS, name, replace(ex.EXPERIMENTS[name], quick=tiny))
+    monkeypatch.setitem(sweeps.SWEEPS, name, replace(sweeps.SWEEPS[name], quick=tiny))
     monkeypatch.setattr(locations, "in_checkout", lambda: False)
     monkeypatch.chdir(tmp_path)
     committed_before = json.loads((locations.packaged() / name / "results.json").read_text())

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 # a notebook that reads committed results calls one of these (05, 07 and 08 at least)
-READS = re.compile(r"\b(load_results|results_root|latest_run|list_runs|committed)\(")
+READS = re.compile(r"\b(load_results|load_benchmark|results_root|latest_run|list_runs|committed)\(")
 BADGE = ("[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
          "(https://colab.research.google.com/github/{owner_repo}/blob/main/notebooks/{name})")
 

@@ -3,6 +3,7 @@
 run with its files, the summary's arithmetic, resume after Ctrl-C, the CLI, and the
 committed quick results."""
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,9 @@ import torch
 from conftest import train_cli
 from duat.cli import main
 from duat.data import load_data
-from duat.experiments import progressive
-from duat.experiments.progressive import (ProgressiveSpec, load_results, make_spec,
-                                          run_experiment, summarize)
+from duat.experiments import EXPERIMENTS, load_results, progressive
+from duat.experiments.progressive import (ProgressiveSpec, make_spec, progressive_summary,
+                                          run_progressive)
 from duat.inside import best_branches, compress, score_branches, without_branch
 from duat.paraformer import ParaFormer
 from duat.training import evaluate
@@ -29,7 +30,7 @@ FILES = ("results.json", "schedules.csv", "compression.csv", "latency.csv", "exp
 def tiny_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("progressive")
     torch.set_num_threads(1)
-    return out, run_experiment("quick", out=out, progress=False, log=None, **TINY)
+    return out, run_progressive("quick", out=out, progress=False, log=None, **TINY)
 
 
 def test_spec_profiles_and_refusals():
@@ -53,7 +54,7 @@ def test_tiny_run_writes_every_file_and_its_records_add_up(tiny_results):
         assert (out / name).is_file(), name
     assert not (out / "partial.json").exists()
     saved = json.loads((out / "results.json").read_text())
-    assert saved["summary"] == json.loads(json.dumps(summarize(saved)))
+    assert saved["summary"] == json.loads(json.dumps(progressive_summary(saved)))
     assert {r["schedule"] for r in saved["schedules"]} == {"joint", "progressive", "branchwise"}
     for r in saved["schedules"]:
         assert [p["k"] for p in r["prefixes"]] == [1, 2]
@@ -78,7 +79,7 @@ def test_tiny_run_writes_every_file_and_its_records_add_up(tiny_results):
 def test_an_earlier_run_is_not_overwritten(tiny_results):
     out, _ = tiny_results
     with pytest.raises(FileExistsError):
-        run_experiment("quick", out=out, progress=False, log=None, **TINY)
+        run_progressive("quick", out=out, progress=False, log=None, **TINY)
 
 
 def test_an_interrupted_run_resumes_with_the_same_results(tiny_results, tmp_path,
@@ -90,7 +91,7 @@ def test_an_interrupted_run_resumes_with_the_same_results(tiny_results, tmp_path
         assert len(json.loads((out / "partial.json").read_text())["done"]) == 2
 
     resumed, calls = interrupt_then_resume(
-        lambda **kw: run_experiment("quick", out=out, progress=False, log=None, **TINY, **kw),
+        lambda **kw: run_progressive("quick", out=out, progress=False, log=None, **TINY, **kw),
         progressive, "schedule_unit", stop_at=3, after_stop=two_units_kept)  # Ctrl-C in branchwise
     assert calls == 1                                                      # only branchwise again
     key = lambda r: (r["schedule"], r["seed"], [p["test_acc"] for p in r["prefixes"]])  # noqa: E731
@@ -105,7 +106,7 @@ def test_cli_hands_over_and_refuses_what_it_does_not_take(tmp_path, capsys, monk
     def fake(profile, **kw):
         seen.update(kw, profile=profile)
         raise SystemExit(0)
-    monkeypatch.setattr(progressive, "run_experiment", fake)
+    monkeypatch.setitem(EXPERIMENTS, "progressive", replace(EXPERIMENTS["progressive"], run=fake))
     with pytest.raises(SystemExit):
         main(["reproduce", "progressive", "--quick", "--out", str(tmp_path), "--seeds", "3",
               "--no-progress"])
@@ -166,10 +167,10 @@ def test_committed_quick_results_are_consistent(monkeypatch):
     monkeypatch.delenv("DUAT_RESULTS", raising=False)
     path = REPO / "duat" / "results" / "progressive" / "results.json"
     assert path.is_file(), "no committed duat/results/progressive"
-    results = load_results()
+    results = load_results("progressive")
     assert results == json.loads(path.read_text())
     assert results["profile"] == "quick" and results["experiment"] == "progressive"
-    assert json.loads(json.dumps(summarize(results))) == results["summary"]
+    assert json.loads(json.dumps(progressive_summary(results))) == results["summary"]
     spec = results["spec"]
     assert len(results["schedules"]) == 3 * len(spec["seeds"])
     assert len(results["expansion"]) == len(spec["seeds"]) >= 3

@@ -3,42 +3,67 @@ click a button, read the state, the table and the plot data."""
 import re
 import threading
 import time
-import types
 
 import pytest
 
 pytest.importorskip("ipywidgets")
 
-from duat.widgets import DepthWidthExplorer, LiveTrainer, dashboard  # noqa: E402
+import torch  # noqa: E402
+
+from duat.widgets import DepthWidthExplorer, DeviceTimer, LiveTrainer, dashboard  # noqa: E402
+from duat.widgets.timer import ModelTiming  # noqa: E402
 
 SMALL = dict(dim=32, heads=2, image_size=8, in_channels=1, patch_size=2, reps=3,
              seconds_per_model=0.2)
 
+FAKE_US_PER_OP = 10.0     # the per-op overhead reading a FakeTimer gives by default
+FAKE_PEAK_GFLOPS = 50.0   # ... and its matmul peak
 
-FAKE_US_PER_OP = 10.0   # the per-op overhead the explorer tests see (fake_overhead)
+
+class FakeTimer(DeviceTimer):
+    """The explorer's timer with set readings, so that the explorer tests are fast and
+    deterministic. The matmul peak is FAKE_PEAK_GFLOPS. op_overhead returns the readings
+    (median, p25, p75 in us) of `overheads` in turn, the last one again once they run out,
+    and lists each (device, reps) asked for in `.overhead_calls`. time_models still calls
+    each model (its warm-up calls, then its timed ones), but the k-th timed call (k = 0,
+    1, ...) "takes" clock(k) seconds; with clock None the real timing loop runs. Op counts
+    are real."""
+
+    def __init__(self, clock=lambda k: 1e-3,
+                 overheads=((FAKE_US_PER_OP, 0.9 * FAKE_US_PER_OP, 1.1 * FAKE_US_PER_OP),)):
+        self.clock, self.overheads, self.overhead_calls = clock, list(overheads), []
+
+    def matmul_gflops(self, device):
+        return FAKE_PEAK_GFLOPS
+
+    def op_overhead(self, device, reps):
+        median, p25, p75 = self.overheads[min(len(self.overhead_calls), len(self.overheads) - 1)]
+        self.overhead_calls.append((device, reps))
+        return dict(us_per_op=median, us_p25=p25, us_p75=p75, ops=283, calls=reps, probe="fake")
+
+    def time_models(self, models, x, warmup, reps, rounds, seconds_per_model):
+        if self.clock is None:
+            return super().time_models(models, x, warmup, reps, rounds, seconds_per_model)
+        with torch.inference_mode():
+            for model in models:
+                for _ in range(warmup + reps):
+                    model(x)
+        return [ModelTiming(warmup, [self.clock(k) for k in range(reps)]) for _ in models]
 
 
-@pytest.fixture(autouse=True)
-def fake_overhead(monkeypatch):
-    """harness.op_overhead, replaced by a fixed reading (10 us per op), so that the explorer
-    tests stay fast and deterministic; `.calls` lists each (device, dtype, reps) asked for.
-    test_overhead_is_measured_once_per_device runs the real one."""
-    import duat.bench.harness as harness
-
-    fake = types.SimpleNamespace(calls=[], real=harness.op_overhead)
-
-    def op_overhead(device="cpu", dtype="float32", reps=50):
-        fake.calls.append((str(device), dtype, reps))
-        return dict(us_per_op=FAKE_US_PER_OP, us_p25=0.9 * FAKE_US_PER_OP, us_p75=1.1 * FAKE_US_PER_OP,
-                    ops=283, calls=reps, probe="fake")
-
-    monkeypatch.setattr(harness, "op_overhead", op_overhead)
-    return fake
+def _eventually(condition, seconds=60.0) -> bool:
+    """Whether condition() comes true within `seconds` (asked every 10 ms)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 @pytest.fixture
 def explorer():
-    return DepthWidthExplorer(depth=1, width=2, **SMALL)
+    return DepthWidthExplorer(depth=1, width=2, **SMALL, timer=FakeTimer())
 
 
 def test_every_explorer_control_updates_state_and_table(explorer):
@@ -57,7 +82,8 @@ def test_sliders_do_not_fire_while_dragging(explorer):
     assert explorer.depth.continuous_update is False and explorer.width.continuous_update is False
 
 
-def test_measure_button_adds_results_and_plot_data(explorer):
+def test_measure_button_adds_results_and_plot_data():
+    explorer = DepthWidthExplorer(depth=1, width=2, **SMALL, timer=FakeTimer(clock=None))  # timed for real
     before = explorer.plot.value
     explorer.measure_button.click()
     assert [r["model"] for r in explorer.results] == ["pf-1-2", "vit-2"]
@@ -82,6 +108,7 @@ def test_bound_line_uses_the_models_flop_count(explorer):
 
     explorer.measure()
     peak = explorer.peak_gflops("cpu")
+    assert peak == FAKE_PEAK_GFLOPS                        # the timer's reading
     L, ms = explorer.plot_data()["bound"][-1]
     c = model_config(f"vit-{L}", dim=32, heads=2, image_size=8, in_channels=1, patch_size=2)
     assert ms == pytest.approx(flops(c, 1) / (peak * 1e9) * 1e3)
@@ -177,9 +204,9 @@ def test_the_trainer_trains_with_the_quick_sweeps_recipe(monkeypatch):
     """Its defaults are `duat reproduce accuracy-vs-width --quick`'s plan, and they reach fit:
     warm-up over the plan's share of the run, its weight decay, 4x4 patches."""
     import duat.widgets.trainer as tr
-    from duat.experiments import EXPERIMENTS
+    from duat.experiments.sweeps import SWEEPS
 
-    plan = EXPERIMENTS["accuracy-vs-width"].quick
+    plan = SWEEPS["accuracy-vs-width"].quick
     trainer = LiveTrainer()
     s = trainer.state
     keys = ("dataset", "size", "epochs", "lr", "batch_size", "warmup", "weight_decay")
@@ -266,27 +293,6 @@ def test_dashboard_has_both_tabs():
 
 # ---------------------------------------------------------------- honest measurements
 
-@pytest.fixture
-def fake_timer(monkeypatch):
-    """The benchmark's timer, replaced: every call still runs, but the k-th call (k = 0, 1,
-    ...) of each timed callable "takes" timer.clock(k) seconds, so the test sets the readings."""
-    import duat.bench.timing as timing
-
-    calls = {}
-    timer = types.SimpleNamespace(clock=lambda k: 1e-3)
-
-    def time_calls(fn, n, device):
-        out = []
-        for _ in range(n):
-            fn()
-            k = calls[fn] = calls.get(fn, -1) + 1
-            out.append(timer.clock(k))
-        return out
-
-    monkeypatch.setattr(timing, "time_calls", time_calls)  # what time_cases calls
-    return timer
-
-
 def test_noise_reason_flags_a_wide_spread_or_a_slowdown():
     from duat.widgets.explorer import SLOWDOWN_LIMIT, SPREAD_LIMIT, noise_reason
 
@@ -304,8 +310,10 @@ def test_noise_reason_flags_a_wide_spread_or_a_slowdown():
     assert both.startswith("spread") and "; slow" in both
 
 
-def test_noisy_readings_are_kept_flagged_and_shown(fake_timer):
-    explorer = DepthWidthExplorer(depth=1, width=2, **dict(SMALL, reps=8, seconds_per_model=5.0))
+def test_noisy_readings_are_kept_flagged_and_shown():
+    fake_timer = FakeTimer(clock=lambda k: 1e-3)
+    explorer = DepthWidthExplorer(depth=1, width=2, **dict(SMALL, reps=8, seconds_per_model=5.0),
+                                  timer=fake_timer)
     explorer.measure_button.click()                       # steady 1 ms: clean
     assert [r["noisy"] for r in explorer.results] == [None, None]
     assert "noisy" not in explorer.message and "paused" not in explorer.message
@@ -322,33 +330,34 @@ def test_noisy_readings_are_kept_flagged_and_shown(fake_timer):
     assert marks == [False, True, True]                   # ... and marked (sorted by median)
 
 
-def test_each_model_is_warmed_up_before_its_timed_calls(fake_timer, monkeypatch):
+def test_each_model_is_warmed_up_before_its_timed_calls(monkeypatch):
+    """The real timing loop (DeviceTimer.time_models) with the explorer's schedule: each
+    model's WARMUP_CALLS untimed calls come before its timed ones, which run with garbage
+    collection off; then one more pass, the op count's."""
+    import gc
+
     import duat.widgets.explorer as ex
 
-    forward_calls = {}
+    calls = []   # (model, garbage collection on?) of every forward pass, in order
     real_create = ex.create_model
 
-    def counted(name, **kwargs):
+    def watched(name, **kwargs):
         model = real_create(name, **kwargs)
-        model.register_forward_pre_hook(
-            lambda m, a: forward_calls.__setitem__(name, forward_calls.get(name, 0) + 1))
+        model.register_forward_pre_hook(lambda m, a: calls.append((name, gc.isenabled())))
         return model
 
-    monkeypatch.setattr(ex, "create_model", counted)
-    fake_timer.clock = lambda k: (k + 1) * 1e-3           # the k-th call of a model "takes" k+1 ms
-    explorer = DepthWidthExplorer(depth=1, width=2, **dict(SMALL, seconds_per_model=30.0))
+    monkeypatch.setattr(ex, "create_model", watched)
+    explorer = DepthWidthExplorer(depth=1, width=2, **dict(SMALL, seconds_per_model=30.0),
+                                  timer=FakeTimer(clock=None))
     explorer.measure()
     assert [r["model"] for r in explorer.results] == ["pf-1-2", "vit-2"]
     for r in explorer.results:
-        assert r["warmup"] == ex.WARMUP_CALLS and r["reps"] == 3
-        assert forward_calls[r["model"]] == r["warmup"] + r["reps"] + 1   # + 1: the op count's pass
-        # the timed samples are the calls after the warm-up ones, in order
-        assert r["samples_ms"] == pytest.approx([k + 1 for k in range(r["warmup"], r["warmup"] + r["reps"])])
+        assert r["warmup"] == ex.WARMUP_CALLS and r["reps"] == len(r["samples_ms"]) == 3
+        passes = [gc_on for name, gc_on in calls if name == r["model"]]
+        assert passes == [True] * r["warmup"] + [False] * r["reps"] + [True]
 
 
-def test_measure_holds_a_running_training_run_and_lets_it_go_on(explorer, trainer, monkeypatch):
-    import duat.bench.harness as harness
-
+def test_measure_holds_a_running_training_run_and_lets_it_go_on(trainer):
     steps, seen, started = [], {}, threading.Event()
     original = trainer._on_event
 
@@ -358,30 +367,32 @@ def test_measure_holds_a_running_training_run_and_lets_it_go_on(explorer, traine
         started.set()
 
     trainer._on_event = on_event
-    real_time_cases = harness.time_cases
 
-    def timing(*args, **kwargs):        # the explorer's timing, watched from inside
-        seen.update(before=len(steps), running=trainer.running, message=trainer.message)
-        real_time_cases(*args, **kwargs)
-        time.sleep(0.3)                 # room for a run that was not held to take more steps
-        seen["after"] = len(steps)
+    class Watching(FakeTimer):          # the explorer's timing, watched from inside
+        def time_models(self, *args, **kwargs):
+            before = len(steps)
+            # a held run waits at the end of its batch; one that is not held takes its next
+            # step: wait for the one or the other, so that a run left going is caught stepping
+            seen["waited"] = _eventually(lambda: trainer.held or len(steps) > before)
+            seen.update(held=trainer.held, message=trainer.message)
+            timings = super().time_models(*args, **kwargs)
+            seen.update(steps=len(steps) - before, held_after=trainer.held)
+            return timings
 
-    monkeypatch.setattr(harness, "time_cases", timing)
+    explorer = DepthWidthExplorer(depth=1, width=2, **SMALL, timer=Watching())
     trainer.epochs.value = 50
     trainer.start_button.click()
     try:
         assert started.wait(60)
         explorer.measure_button.click()
-        assert seen["running"] and seen["message"].startswith("paused")
-        assert seen["after"] == seen["before"]          # no training step while timing
+        assert seen["waited"] and seen["steps"] == 0    # no training step while timing ...
+        assert seen["held"] and seen["held_after"]      # ... held from its start to its end
+        assert seen["message"].startswith("paused")
         assert [r["model"] for r in explorer.results] == ["pf-1-2", "vit-2"]
         assert "paused while timing" in explorer.message
         held_at = len(steps)
-        for _ in range(6000):                           # ... and it goes on afterwards
-            if len(steps) > held_at:
-                break
-            time.sleep(0.01)
-        assert len(steps) > held_at and trainer.running
+        assert _eventually(lambda: len(steps) > held_at)   # ... and it goes on afterwards
+        assert trainer.running and not trainer.held
         assert not trainer.message.startswith("paused")
     finally:
         trainer.stop()
@@ -425,20 +436,18 @@ def test_paused_without_a_run_is_a_no_op(trainer):
 
 def _count(name, batch, passes=2, **kw):
     """count_ops of the n-th forward pass (default: the second) of a fresh model `name`."""
-    import torch
-
-    import duat.bench.harness as harness
+    from duat.bench.timing import count_ops
     from duat.registry import create_model
 
     kw = dict(dict(dim=32, heads=2, image_size=8, in_channels=1, patch_size=2), **kw)
     torch.manual_seed(0)
     model = create_model(name, **kw).eval()
     x = torch.zeros(batch, kw["in_channels"], kw["image_size"], kw["image_size"])
-    counts = [harness.count_ops(lambda: model(x)) for _ in range(passes)]
+    counts = [count_ops(lambda: model(x)) for _ in range(passes)]
     return counts[-1]
 
 
-def test_records_carry_ops_and_the_overhead_model(explorer, fake_timer):
+def test_records_carry_ops_and_the_overhead_model(explorer):
     explorer.batch.value = 4
     new = explorer.measure()
     assert [r["model"] for r in new] == ["pf-1-2", "vit-2"]
@@ -453,7 +462,7 @@ def test_records_carry_ops_and_the_overhead_model(explorer, fake_timer):
     assert "Bound by: Para-Former-1-2 overhead" in explorer.message   # tiny models: overhead-bound
 
 
-def test_overhead_floors_flat_in_n_for_para_former_linear_in_L_for_vit(explorer, fake_timer):
+def test_overhead_floors_flat_in_n_for_para_former_linear_in_L_for_vit(explorer):
     for n in (2, 4, 8):
         explorer.width.value = n
         explorer.measure()
@@ -490,42 +499,25 @@ def test_op_counts_do_not_depend_on_the_batch():
     assert len({_count("pf-2-3", b) for b in (1, 4)}) == 1
 
 
-def test_overhead_is_measured_once_per_device(fake_overhead, fake_timer, monkeypatch):
-    import duat.bench.harness as harness
+def test_a_clean_overhead_reading_is_measured_once_per_device():
     import duat.widgets.explorer as ex
 
-    calls = []
-
-    def op_overhead(*args, **kwargs):   # the real one, watched
-        calls.append((args, kwargs))
-        return fake_overhead.real(*args, **kwargs)
-
-    monkeypatch.setattr(harness, "op_overhead", op_overhead)
-    explorer = DepthWidthExplorer(depth=1, width=2, **SMALL)
+    timer = FakeTimer()
+    explorer = DepthWidthExplorer(depth=1, width=2, **SMALL, timer=timer)
     explorer.measure()
     explorer.width.value = 3
     explorer.measure()
-    assert calls == [(("cpu", "float32"), {"reps": ex.OVERHEAD_REPS})]   # measured once, cached
-    probe = explorer.op_overhead("cpu")
-    assert probe["calls"] == ex.OVERHEAD_REPS
-    assert probe["us_per_op"] == pytest.approx(1e3 / probe["ops"])      # 1 ms a call (fake_timer)
-    assert all(r["us_per_op"] == probe["us_per_op"] for r in explorer.results)
+    assert timer.overhead_calls == [("cpu", ex.OVERHEAD_REPS)]           # measured once, cached
+    assert explorer.op_overhead("cpu")["us_per_op"] == FAKE_US_PER_OP and len(timer.overhead_calls) == 1
+    assert all(r["us_per_op"] == FAKE_US_PER_OP for r in explorer.results)
+    assert "overhead reading" not in explorer.message
 
 
-def test_a_noisy_overhead_reading_is_measured_again(fake_overhead, fake_timer, monkeypatch):
-    import duat.bench.harness as harness
+def test_a_noisy_overhead_reading_is_measured_again():
     import duat.widgets.explorer as ex
 
-    readings = [(30.0, 10.0, 40.0), (20.0, 10.0, 35.0), (50.0, 49.0, 51.0), (1.0, 1.0, 1.0)]
-    calls = []
-
-    def op_overhead(device="cpu", dtype="float32", reps=50):
-        median, p25, p75 = readings[len(calls)]
-        calls.append(device)
-        return dict(us_per_op=median, us_p25=p25, us_p75=p75, ops=283, calls=reps, probe="fake")
-
-    monkeypatch.setattr(harness, "op_overhead", op_overhead)
-    explorer = DepthWidthExplorer(depth=1, width=2, **SMALL)
+    timer = FakeTimer(overheads=[(30.0, 10.0, 40.0), (20.0, 10.0, 35.0), (50.0, 49.0, 51.0), (1.0, 1.0, 1.0)])
+    explorer = DepthWidthExplorer(depth=1, width=2, **SMALL, timer=timer)
     explorer.measure()                      # noisy (p75/p25 = 4): used, flagged
     assert explorer.results[-1]["us_per_op"] == 30.0 and "measured again at the next" in explorer.message
     explorer.measure()                      # noisy again, but lower: kept
@@ -534,11 +526,22 @@ def test_a_noisy_overhead_reading_is_measured_again(fake_overhead, fake_timer, m
     assert explorer.results[-1]["us_per_op"] == 20.0 and "the lowest is kept" in explorer.message
     explorer.measure()                      # OVERHEAD_TRIES readings taken: no more
     assert explorer.results[-1]["us_per_op"] == 20.0
-    assert len(calls) == ex.OVERHEAD_TRIES == 3
+    assert len(timer.overhead_calls) == ex.OVERHEAD_TRIES == 3
 
 
-def test_a_clean_overhead_reading_is_not_measured_again(fake_overhead, fake_timer):
-    explorer = DepthWidthExplorer(depth=1, width=2, **SMALL)
-    explorer.measure()
-    explorer.measure()
-    assert len(fake_overhead.calls) == 1 and "overhead reading" not in explorer.message
+def test_the_device_timer_reads_this_device():
+    """The explorer's default timer: duat.bench.timing's readings of this CPU."""
+    from duat.registry import create_model
+
+    timer = DeviceTimer()
+    assert timer.matmul_gflops("cpu") > 0
+    overhead = timer.op_overhead("cpu", 5)
+    assert overhead["calls"] == 5 and 0 < overhead["us_p25"] <= overhead["us_per_op"] <= overhead["us_p75"]
+    torch.manual_seed(0)
+    models = [create_model(name, dim=32, heads=2, image_size=8, in_channels=1, patch_size=2).eval()
+              for name in ("pf-1-2", "vit-2")]
+    x = torch.zeros(2, 1, 8, 8)
+    timings = timer.time_models(models, x, warmup=2, reps=4, rounds=2, seconds_per_model=30.0)
+    assert [(t.warmup, len(t.seconds)) for t in timings] == [(2, 4), (2, 4)]
+    assert all(0 < t.stats["p25_ms"] <= t.stats["median_ms"] <= t.stats["p75_ms"] for t in timings)
+    assert timer.count_ops(lambda: models[1](x)) == _count("vit-2", 2)

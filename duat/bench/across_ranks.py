@@ -37,7 +37,7 @@ import torch
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from duat.bench.harness import BenchSpec, environment
-from duat.bench.timing import summarize, time_calls
+from duat.bench.timing import latency_stats, time_calls
 from duat.distributed.branch_parallel import branch_parallel
 from duat.distributed.process import Context, launched, run_in_group
 from duat.locations import committed, output_dir
@@ -119,7 +119,7 @@ def time_case(ctx: Context, spec: BenchSpec, n: int, batch: int, threads: int) -
         if ctx.main:                      # one: rank 0 alone, with the threads of all W
             torch.set_num_threads(threads * W)
             ref = whole(x)
-            out["one"] = summarize(_time(lambda: whole(x), spec, device))
+            out["one"] = latency_stats(_time(lambda: whole(x), spec, device))
             torch.set_num_threads(threads)
         ctx.barrier()
     model = branch_parallel(whole, split=kind)           # rank 0's weights on every rank
@@ -129,11 +129,11 @@ def time_case(ctx: Context, spec: BenchSpec, n: int, batch: int, threads: int) -
         out["max_abs_diff"] = (y - ref).abs().max().item() if ctx.main else None
         out["ids_rank0"] = stage.ids if ctx.main else None
         ctx.barrier()
-        out["split"] = summarize(_time(lambda: model(x), spec, device))
+        out["split"] = latency_stats(_time(lambda: model(x), spec, device))
         tokens = model.forward_tokens(x)                 # (B, T, D)
         part = stage.local.update(tokens)                # this rank's share of sum_i f_i
-        out["reduce"] = summarize(_time(lambda: ctx.all_sum(part), spec, device))
-        out["local"] = summarize(_time(lambda: stage.local.update(tokens), spec, device))
+        out["reduce"] = latency_stats(_time(lambda: ctx.all_sum(part), spec, device))
+        out["local"] = latency_stats(_time(lambda: stage.local.update(tokens), spec, device))
         ctx.barrier()
     if ctx.main:
         out["speedup"] = out["one"]["median_ms"] / out["split"]["median_ms"]

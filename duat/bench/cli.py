@@ -41,7 +41,7 @@ from duat.bench.harness import (DTYPES, IMPLEMENTATIONS, VARIANTS, BenchSpec, ch
                                 resolve_device, run_benchmark)
 from duat.bench.regime import format_regime, is_regime
 from duat.bench.report import (BENCH_FOLDER, check_targets, compare_runs, format_comparison,
-                               format_table, format_targets, load_results, save_results)
+                               format_table, format_targets, load_benchmark, save_benchmark)
 from duat.locations import output_dir
 from duat.runtime import profile
 from duat.storage import prepare_output_dir
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         args.impl = ["pf-batched"]  # the spec's model; the layers are the widths n
         spec, preset = spec_from_args(args)
         return across_ranks.run(args, spec, preset)
-    reference = load_results(args.compare) if args.compare else None
+    reference = load_benchmark(args.compare) if args.compare else None
     spec, preset = spec_from_args(args)
     device = resolve_device(spec)
     check_memory(spec, device, spec.implementations)  # a batch too large: refused before anything
@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         print(format_regime(results))
     print(format_targets(check_targets(results)))
     if folder is not None:
-        for path in save_results(results, folder, overwrite=True):  # the folder checked above
+        for path in save_benchmark(results, folder, overwrite=True):  # the folder checked above
             print(f"wrote {path}")
     if reference is not None:
         rows = compare_runs(results, reference)

@@ -15,7 +15,7 @@ a case is the median over every step of every timed sequence, with its quartiles
 
 What a step should cost, t = max(ops x tau, bytes / bandwidth, FLOPs / peak), with all
 three rates measured in the same run, between the rounds: the fixed cost of one dispatched
-operation tau (one decode step of a GPT-1 at D = 8, duat.bench.decode_run.OVERHEAD_PROBE),
+operation tau (one decode step of a GPT-1 at D = 8, duat.bench.decode_run.STEP_PROBE),
 the memory read rate (duat.bench.timing.memory_bandwidth), and the matmul peak. Per step: `ops` counted by count_ops on one step; `bytes` = the weights it
 reads (every parameter, and one row of the position table) + the KV cache it reads (the
 kit's step attends over all S_max positions, masked); `flops` = 2 per multiply-add of its
@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from duat.bench.timing import DTYPES
+from duat.bench.timing import DTYPES, check_dtype
 from duat.checks import real, whole, wholes
 from duat.language import KVCache, ParaFormerLM, ParaFormerLMConfig
 
@@ -98,8 +98,7 @@ class DecodeSpec:
             if v not in VARIANTS:
                 raise ValueError(f"unknown decode variant {v!r}; known: {', '.join(VARIANTS)}")
         self.variants = tuple(dict.fromkeys(variants))
-        if self.dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {self.dtype!r}; known: {', '.join(DTYPES)}")
+        check_dtype(self.dtype)
         for name in ("vocab_size", "prompt_tokens", "new_tokens", "reps", "min_reps", "rounds"):
             setattr(self, name, whole(name, getattr(self, name)))
         self.warmup = whole("warmup", self.warmup)

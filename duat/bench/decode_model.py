@@ -23,11 +23,10 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.colors import LogNorm
-from matplotlib.ticker import FixedLocator, FuncFormatter
 
-from duat.bench.regime import FLAT_LIMIT, crossing
-from duat.bench.report import BENCH_FOLDER, format_targets, list_runs
+from duat.bench.regime import FLAT_LIMIT, crossing, ratio_map
+from duat.bench.report import BENCH_FOLDER, format_targets, list_runs, target_check
+from duat.bench.timing import latency_ratio
 from duat.checks import real
 from duat.locations import committed
 from duat.storage import (atomic_write_json, atomic_write_text, prepare_output_dir,
@@ -49,12 +48,6 @@ def is_decode(results: dict) -> bool:
 def _index(results: dict, variant: str = "eager") -> dict:
     return {(r["implementation"], r["batch"], r["dim"], r["layers"]): r
             for r in results["records"] if r["variant"] == variant}
-
-
-def _ratio(a: dict, b: dict) -> dict:
-    """median(a) / median(b), with a range from the two interquartile ranges."""
-    return {"value": a["median_ms"] / b["median_ms"], "low": a["p25_ms"] / b["p75_ms"],
-            "high": a["p75_ms"] / b["p25_ms"]}
 
 
 def decode_grid(results: dict, batch: int, variant: str = "eager") -> dict:
@@ -80,7 +73,7 @@ def decode_grid(results: dict, batch: int, variant: str = "eager") -> dict:
                 a, b = index.get((ia, batch, D, na)), index.get((ib, batch, D, nb))
                 if a is None or b is None:
                     continue
-                ratio = _ratio(a, b)
+                ratio = latency_ratio(a, b)
                 out[key][i, j], out[key + "_low"][i, j], out[key + "_high"][i, j] = (
                     ratio["value"], ratio["low"], ratio["high"])
                 if a.get("predicted_ms") and b.get("predicted_ms"):
@@ -139,10 +132,8 @@ def check_decode_targets(results: dict, variant: str = "eager") -> list[dict]:
     device = env["device"].upper() if env["device"] != "cpu" else "CPU"
     what = f"{device} ({variant})" if variant != "eager" else device
 
-    def add(name, ratio, op, threshold, sizes_match=True):
-        holds = ratio["value"] >= threshold if op == ">=" else ratio["value"] <= threshold
-        out.append(dict(target=name, value=ratio["value"], low=ratio["low"], high=ratio["high"],
-                        op=op, threshold=threshold, holds=bool(holds), sizes_match=sizes_match))
+    def add(*check):
+        out.append(target_check(*check))
 
     dims = sorted({k[2] for k in index if k[1] == 1})
     if dims:
@@ -151,12 +142,12 @@ def check_decode_targets(results: dict, variant: str = "eager") -> list[dict]:
                                     ("gpt", "GPT-24 / GPT-1", ">=", SERIAL_LIMIT)):
             a, b = index.get((impl, 1, D, 24)), index.get((impl, 1, D, 1))
             if a is not None and b is not None:
-                add(f"{what} batch 1, D {D}: per token {name}", _ratio(a, b), op, thr,
+                add(f"{what} batch 1, D {D}: per token {name}", latency_ratio(a, b), op, thr,
                     D == 32 or env["device"] != "cpu")
     for D in (256, 768):
         a, b = index.get(("gpt", 1, D, 12)), index.get(("hf-gpt2", 1, D, 12))
         if a is not None and b is not None:
-            add(f"{what} batch 1, D {D}: per token kit GPT-12 / HF GPT-2-12", _ratio(a, b), "<=", 1.0)
+            add(f"{what} batch 1, D {D}: per token kit GPT-12 / HF GPT-2-12", latency_ratio(a, b), "<=", 1.0)
     if any(r.get("predicted_ms") for r in results["records"]):
         e = decode_model_error(results, variant)
         add(f"{what}: median measured / predicted over the grid ({e['cases']} cases)",
@@ -239,7 +230,6 @@ def format_decode_maps(results: dict, variant: str = "eager") -> str:
 def plot_decode_map(results: dict, variant: str = "eager", limit: float = FLAT_LIMIT):
     """Heat maps over (D, n), one row per batch size, the three ratios of PANELS, annotated,
     with the model's flat limit (decode_flat_limit) as a dashed line. Log colours centred on 1."""
-    norm, ticks = LogNorm(vmin=1 / 16, vmax=16), [1 / 16, 1 / 4, 1 / 2, 1, 2, 4, 16]
     batches = sorted({r["batch"] for r in results["records"]
                       if r["variant"] == variant and r["implementation"] == "pf"})
     if not batches:
@@ -250,26 +240,7 @@ def plot_decode_map(results: dict, variant: str = "eager", limit: float = FLAT_L
         g = decode_grid(results, batch, variant)
         line = [decode_flat_limit(results, batch, D, limit, variant) for D in g["dims"]]
         for col, (key, title) in enumerate(PANELS):
-            ax, values = axes[row][col], g[key]
-            image = ax.imshow(np.clip(values, norm.vmin, norm.vmax), cmap="RdBu_r", origin="lower",
-                              aspect="auto", norm=norm)
-            for i in range(values.shape[0]):
-                for j in range(values.shape[1]):
-                    if np.isfinite(values[i, j]):
-                        ax.text(j, i, f"{values[i, j]:.2g}", ha="center", va="center", fontsize=7)
-            xs = [len(g["ns"]) - 0.5 if b is None else b for b in line]  # left of it: flat
-            ax.plot(xs, range(len(xs)), color="white", lw=2.5)
-            ax.plot(xs, range(len(xs)), color="k", lw=1, ls="--")
-            ax.set_xlim(-0.5, len(g["ns"]) - 0.5)
-            ax.set_xticks(range(len(g["ns"])), [str(n) for n in g["ns"]])
-            ax.set_yticks(range(len(g["dims"])), [str(D) for D in g["dims"]])
-            ax.set_xlabel("n (parallel branches, or serial layers)")
-            ax.set_ylabel("token width D")
-            ax.set_title(f"{title}\nper token, batch {batch}", fontsize=9)
-            bar = fig.colorbar(image, ax=ax, shrink=0.85)
-            bar.ax.yaxis.set_major_locator(FixedLocator(ticks))
-            bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            bar.ax.yaxis.set_minor_locator(FixedLocator([]))
+            ratio_map(axes[row][col], g[key], g["dims"], g["ns"], line, f"{title}\nper token, batch {batch}")
     env, spec = results["environment"], results["spec"]
     fig.suptitle(f"decode with a KV cache: {env['device_name']} · {env['dtype']} · {env['threads']} "
                  f"thread(s) · torch {env['torch']} · prompt {spec['prompt_tokens']}, "

@@ -22,8 +22,9 @@ from duat.bench.decode import (DecodeRecord, DecodeSpec, GRAPH_TOLERANCE, GraphD
                                build_peer, check_graph, decode_cost, kit_config, layer_params,
                                model_name, peer_available)
 from duat.bench.harness import environment, free_bytes, load_average
-from duat.bench.timing import (DTYPES, PEAK_CALLS_PER_ROUND, Case, _bandwidth_case,
-                               _bandwidth_summary, _gemm, count_ops, matmul_peak, summarize)
+from duat.bench.timing import (DTYPES, PEAK_CALLS_PER_ROUND, Probe, bandwidth_probe,
+                               bandwidth_reading, count_ops, gemm_probe,
+                               latency_stats, matmul_peak, overhead_reading, peak_reading)
 from duat.language import ParaFormerLM, ParaFormerLMConfig
 from duat.runtime import select_device, threads
 
@@ -85,7 +86,7 @@ PROBE_CALLS = {"op-overhead": 16}
 
 
 def time_decode_cases(cases: list[DecodeCase], spec: DecodeSpec, device: torch.device,
-                      probes: list[Case], say) -> None:
+                      probes: list[Probe], say) -> None:
     """Warm each case up (whole sequences), set its timed sequences by the time cap, then
     time them in interleaved rounds (forward, then backward over the cases), the probes
     (peak, tau, bandwidth) timed before each round, with garbage collection off."""
@@ -103,7 +104,7 @@ def time_decode_cases(cases: list[DecodeCase], spec: DecodeSpec, device: torch.d
         try:
             for r in range(spec.rounds):
                 for probe in probes:
-                    for _ in range(PROBE_CALLS.get(probe.implementation, PEAK_CALLS_PER_ROUND)):
+                    for _ in range(PROBE_CALLS.get(probe.name, PEAK_CALLS_PER_ROUND)):
                         probe.seconds.append(_timed(probe.fn, device)[1])
                 for case in (cases if r % 2 == 0 else reversed(cases)):
                     done = len(case.prefill)
@@ -115,7 +116,7 @@ def time_decode_cases(cases: list[DecodeCase], spec: DecodeSpec, device: torch.d
             if was_enabled:
                 gc.enable()
     for case in cases:
-        s = summarize(case.steps)
+        s = latency_stats(case.steps)
         say(f"  D {case.dim:>4}  batch {case.batch:>2}  n {case.layers:>2}  {case.implementation:<8} "
             f"{case.variant:<6} {s['median_ms']:9.3f} ms/token  (p25-p75 {s['p25_ms']:.3f}-"
             f"{s['p75_ms']:.3f}, {len(case.prefill)} x {spec.new_tokens} steps)")
@@ -127,28 +128,23 @@ def time_decode_cases(cases: list[DecodeCase], spec: DecodeSpec, device: torch.d
 # 8 tokens of vocabulary, 4 positions, batch 1) that its arithmetic and its bytes are
 # nothing, so its time is the fixed cost of its operations: the same kinds of operations,
 # through the same Python, as the decode steps timed (not the image models' probe).
-OVERHEAD_PROBE = dict(vocab_size=8, positions=4, dim=8, heads=1, mlp_ratio=1.0)
+STEP_PROBE = dict(vocab_size=8, positions=4, dim=8, heads=1, mlp_ratio=1.0)
 
 
-def overhead_case(device: torch.device, dtype: str) -> Case:
+def step_overhead_probe(device: torch.device, dtype: str) -> Probe:
+    """The overhead probe of decoding: one decode step of STEP_PROBE (`work`: its operations;
+    duat.bench.timing.overhead_reading turns its timed calls into tau)."""
     torch.manual_seed(0)
-    model = ParaFormerLM(ParaFormerLMConfig(**OVERHEAD_PROBE, activation="gelu_tanh"))
+    model = ParaFormerLM(ParaFormerLMConfig(**STEP_PROBE, activation="gelu_tanh"))
     model = model.eval().to(device, DTYPES[dtype])
     prompt = torch.zeros(1, 2, dtype=torch.long, device=device)
     with torch.inference_mode():
-        dec = KitDecoder(model, prompt, OVERHEAD_PROBE["positions"])
+        dec = KitDecoder(model, prompt, STEP_PROBE["positions"])
         token = dec.prefill()
     fn = lambda: dec.step(token, 2)  # noqa: E731
-    return Case("op-overhead", "eager", 1, 1, model, fn, ops=count_ops(fn))
-
-
-def overhead_summary(case: Case) -> dict:
-    s = summarize(case.seconds)
-    per = 1e3 / case.ops  # ms per call -> us per op
-    return {"us_per_op": s["median_ms"] * per, "us_p25": s["p25_ms"] * per,
-            "us_p75": s["p75_ms"] * per, "ops": case.ops, "calls": len(case.seconds),
-            "probe": "one decode step of GPT-1 at D={dim}, {heads} head, vocabulary {vocab_size}, "
-                     "{positions} positions, batch 1".format(**OVERHEAD_PROBE)}
+    return Probe("op-overhead", fn, count_ops(fn),
+                 "one decode step of GPT-1 at D={dim}, {heads} head, vocabulary {vocab_size}, "
+                 "{positions} positions, batch 1".format(**STEP_PROBE))
 
 
 def _prompt(spec: DecodeSpec, batch: int, device: torch.device) -> torch.Tensor:
@@ -188,13 +184,15 @@ def _cases(models: dict, spec: DecodeSpec, dim: int, batch: int, device: torch.d
     return cases
 
 
-def _record(case: DecodeCase, spec: DecodeSpec, env: dict) -> dict:
+def decode_record(case: DecodeCase, spec: DecodeSpec, env: dict) -> dict:
+    """The record of a timed decode case (a DecodeRecord, as a dict), without the model's
+    terms (add_prediction adds them)."""
     c = kit_config(case.implementation, case.layers, case.dim, spec)
     # the kit's step attends over all S_max positions (masked); HF's cache grows a step at a time
     attended = (spec.prompt_tokens + (spec.new_tokens + 1) / 2 if case.implementation == "hf-gpt2"
                 else spec.positions)
     cost = decode_cost(c, case.batch, attended, case.params, spec.positions, spec.dtype)
-    s, p = summarize(case.steps), summarize(case.prefill)
+    s, p = latency_stats(case.steps), latency_stats(case.prefill)
     return asdict(DecodeRecord(
         implementation=case.implementation, variant=case.variant,
         label=case.implementation if case.variant == "eager" else f"{case.implementation}+{case.variant}",
@@ -284,9 +282,9 @@ def run_decode(spec: DecodeSpec | None = None, progress: Callable[[str], None] |
         if measure_rates:
             say("measuring the matmul peak, the per-op overhead and the memory bandwidth ...")
             scan = matmul_peak(device, spec.dtype, spec.peak_sizes, reps=5)
-            probes = [Case("matmul-peak", "eager", 0, 0, None, _gemm(scan["size"], device, spec.dtype)),
-                      overhead_case(device, spec.dtype),
-                      _bandwidth_case(device, spec.dtype, spec.bandwidth_bytes)]
+            probes = [gemm_probe(scan["size"], device, spec.dtype),
+                      step_overhead_probe(device, spec.dtype),
+                      bandwidth_probe(device, spec.dtype, spec.bandwidth_bytes)]
         records = []
         for dim in spec.dims:
             say(f"D {dim}: building the models ...")
@@ -294,7 +292,7 @@ def run_decode(spec: DecodeSpec | None = None, progress: Callable[[str], None] |
             for batch in spec.batches:
                 cases = _cases(models, spec, dim, batch, device, skipped, say)
                 time_decode_cases(cases, spec, device, probes, say)
-                records += [_record(case, spec, env) for case in cases]
+                records += [decode_record(case, spec, env) for case in cases]
                 del cases
             del models
             gc.collect()
@@ -304,11 +302,8 @@ def run_decode(spec: DecodeSpec | None = None, progress: Callable[[str], None] |
             raise ValueError("no case could be run: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
         peak = overhead = bandwidth = None
         if probes:
-            s, fl = summarize(probes[0].seconds), 2 * scan["size"] ** 3
-            peak = {"gflops": fl / s["median_ms"] / 1e6, "gflops_p25": fl / s["p75_ms"] / 1e6,
-                    "gflops_p75": fl / s["p25_ms"] / 1e6, "size": scan["size"],
-                    "dtype": spec.dtype, "calls": len(probes[0].seconds), "scan": scan}
-            overhead, bandwidth = overhead_summary(probes[1]), _bandwidth_summary(probes[2])
+            peak, overhead, bandwidth = (peak_reading(probes[0], scan), overhead_reading(probes[1]),
+                                         bandwidth_reading(probes[2]))
         for r in records:
             add_prediction(r, overhead and overhead["us_per_op"], bandwidth and bandwidth["gbps"],
                            peak and peak["gflops"])

@@ -34,17 +34,15 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from duat.bench.records import BenchRecord, add_roofline, bench_record, model_name
+from duat.bench.timing import (DTYPES, VARIANTS, Case, add_overhead_model, check_dtype,
+                               count_ops, gemm_probe, make_callable, matmul_peak,
+                               overhead_probe, overhead_reading, peak_reading, time_cases)
 from duat.checks import real, whole, wholes
-from duat.counting import count_parameters, flops, layer_flops
+from duat.counting import count_parameters
 from duat.paraformer import ParaFormer, ParaFormerConfig, ParallelStage
 from duat.registry import SIZES, create_model, model_config
 from duat.runtime import environment_info, select_device, threads
-# the timing itself lives in duat.bench.timing; its names are the harness's too (the
-# explorer and the tests reach them as harness.X)
-from duat.bench.timing import (DTYPES, OVERHEAD_PROBE, PEAK_CALLS_PER_ROUND, VARIANTS, Case,  # noqa: F401
-                               _gemm, _overhead_case, _overhead_summary, add_overhead_model,
-                               count_ops, make_callable, matmul_peak, op_overhead, summarize,
-                               time_calls, time_cases)
 
 IMPLEMENTATIONS: dict[str, str] = {
     "vit": "serial ViT-L: L encoder layers one after another",
@@ -97,8 +95,7 @@ class BenchSpec:
         self.variants = _names("variants", self.variants, VARIANTS)
         if self.size not in SIZES:
             raise ValueError(f"unknown size {self.size!r}; known sizes: {', '.join(SIZES)}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {self.dtype!r}; known: {', '.join(DTYPES)}")
+        check_dtype(self.dtype)
         for name in ("image_size", "in_channels", "num_classes", "reps", "min_reps", "rounds"):
             setattr(self, name, whole(name, getattr(self, name)))
         self.warmup = whole("warmup", self.warmup, minimum=0)
@@ -164,11 +161,6 @@ def timm_available() -> str | None:
     return block if isinstance(block, str) else None
 
 
-def model_name(implementation: str, layers: int) -> str:
-    """The registry name of the model an implementation times at depth L: vit-L or pf-1-L."""
-    return f"vit-{layers}" if implementation == "vit" else f"pf-1-{layers}"
-
-
 def build_model(implementation: str, layers: int, spec: BenchSpec | None = None,
                 width: tuple[int, int] | None = None) -> nn.Module:
     """The model timed as `implementation` at depth L, in eval mode, on the CPU in float32;
@@ -226,8 +218,7 @@ def estimate_bytes(config: ParaFormerConfig, batch: int, dtype: str = "float32")
     if not isinstance(config, ParaFormerConfig):
         raise TypeError(f"config must be a ParaFormerConfig, got {type(config).__name__}")
     c, B = config, whole("batch", batch)
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
+    check_dtype(dtype)
     with torch.device("meta"):
         weights = count_parameters(ParaFormer(c))
     T, D, H, n = c.num_tokens, c.dim, c.hidden_dim, c.width
@@ -297,8 +288,8 @@ def run_benchmark(spec: BenchSpec | None = None, progress: Callable[[str], None]
                   measure_peak: bool = True) -> dict:
     """Time every (D, batch, L, implementation, variant) of `spec`; return the results dict.
 
-    {"spec", "environment", "peak", "overhead", "skipped", "records"}: one record per case,
-    each with its latency summary, FLOPs, dispatched op count, the FLOP-bound latency
+    {"spec", "environment", "peak", "overhead", "skipped", "records"}: one record per case
+    (a BenchRecord, as a dict), each with its latency statistics, FLOPs, dispatched op count, the FLOP-bound latency
     flops / peak, the achieved fraction of the peak, and the overhead model's prediction
     max(ops x overhead, flops / peak). Within a (D, batch, L) the timed calls are split
     into `rounds` that cycle over the cases, so slow drifts in machine load hit every case
@@ -327,35 +318,27 @@ def run_benchmark(spec: BenchSpec | None = None, progress: Callable[[str], None]
         if measure_peak:  # pick the GEMM size, then time it between the models all run long
             say("measuring the matmul peak and the per-op overhead ...")
             scan = matmul_peak(device, spec.dtype, spec.peak_sizes, reps=5)
-            probes.append(Case("matmul-peak", "eager", 0, 0, None, _gemm(scan["size"], device, spec.dtype)))
-            probes.append(_overhead_case(device, spec.dtype))
-        records = []
+            probes = [gemm_probe(scan["size"], device, spec.dtype), overhead_probe(device, spec.dtype)]
+        records: list[BenchRecord] = []
         for width in spec.widths():
             for batch in spec.batches:
                 for L in spec.layers:
                     cases = _build_cases(spec, impls, L, batch, device, skipped, say, width)
                     time_cases(cases, spec, device, say, probes)
-                    for case in cases:
-                        records.append(_record(case, spec, env))
+                    records += [bench_record(case, spec.dtype, env) for case in cases]
                     del cases
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
         if not records:  # every variant failed to build: as refused as "nothing to time"
             raise ValueError("no case could be run: " +
                                "; ".join(f"{k}: {v}" for k, v in skipped.items()))
-        peak = overhead = None
-        if probes:
-            s, fl = summarize(probes[0].seconds), 2 * scan["size"] ** 3
-            peak = {"gflops": fl / s["median_ms"] / 1e6, "gflops_p25": fl / s["p75_ms"] / 1e6,
-                    "gflops_p75": fl / s["p25_ms"] / 1e6, "size": scan["size"],
-                    "dtype": spec.dtype, "calls": len(probes[0].seconds), "scan": scan}
-            overhead = _overhead_summary(probes[1])
-        for r in records:
-            add_roofline(r, peak["gflops"] if peak else None)
-            add_overhead_model(r, overhead["us_per_op"] if overhead else None)
+        peak = peak_reading(probes[0], scan) if probes else None
+        overhead = overhead_reading(probes[1]) if probes else None
+        records = [add_overhead_model(add_roofline(r, peak and peak["gflops"]),
+                                      overhead and overhead["us_per_op"]) for r in records]
         env["load_average"] = [load_start, load_average()]   # at the start and at the end
         return {"spec": spec.to_dict(), "environment": env, "peak": peak, "overhead": overhead,
-                "skipped": skipped, "records": records}
+                "skipped": skipped, "records": [asdict(r) for r in records]}
 
 
 def _build_cases(spec, impls, L, batch, device, skipped, say, width=None) -> list[Case]:
@@ -377,35 +360,3 @@ def _build_cases(spec, impls, L, batch, device, skipped, say, width=None) -> lis
                 continue
             cases.append(Case(impl, variant, L, batch, model, fn, ops=ops))
     return cases
-
-
-def _record(case: Case, spec: BenchSpec, env: dict) -> dict:
-    c = case.model.config
-    rec = {
-        "implementation": case.implementation, "variant": case.variant,
-        "label": case.implementation if case.variant == "eager"
-        else f"{case.implementation}+{case.variant}",
-        "layers": case.layers, "batch": case.batch,
-        "model": model_name(case.implementation, case.layers),
-        "dim": c.dim, "heads": c.heads, "mlp_ratio": c.mlp_ratio, "tokens": c.num_tokens,
-        "image_size": c.image_size, "patch_size": c.patch_size,
-        "dtype": spec.dtype, "device": env["device"], "device_name": env["device_name"],
-        "torch": env["torch"], "threads": env["threads"], "date": env["date"],
-        "flops": flops(c, case.batch), "layer_flops": layer_flops(c, case.batch),
-        "ops": case.ops, "warmup": case.warmup, "reps": len(case.seconds),
-    }
-    rec.update(summarize(case.seconds))
-    rec["samples_ms"] = [round(s * 1e3, 5) for s in case.seconds]
-    return rec
-
-
-def add_roofline(record: dict, peak_gflops: float | None) -> dict:
-    """Add achieved GFLOP/s, the peak, the FLOP-bound latency and the fraction of the peak."""
-    record["achieved_gflops"] = record["flops"] / record["median_ms"] / 1e6
-    record["peak_gflops"] = peak_gflops
-    if peak_gflops:
-        record["flop_bound_ms"] = record["flops"] / peak_gflops / 1e6
-        record["peak_fraction"] = record["achieved_gflops"] / peak_gflops
-    else:
-        record["flop_bound_ms"] = record["peak_fraction"] = None
-    return record

@@ -38,10 +38,12 @@ import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.ticker import FixedLocator, FuncFormatter
 
+from duat.bench.timing import latency_ratio
 from duat.checks import real
 
 # The flat-latency claim, read on measured numbers: Para-Former-1-n within this factor of
-# Para-Former-1-1 (the kit's target at D = 32, T = 17; a serial ViT-24 is ~15-18x there).
+# Para-Former-1-1 (the target at D = 32, T = 17 of duat.bench.report.TARGETS; a serial
+# ViT-24 is ~15-18x there).
 FLAT_LIMIT = 1.5
 
 PANELS = (("pf", "Para-Former-1-n / Para-Former-1-1"),
@@ -81,9 +83,9 @@ def regime_grid(results: dict, batch: int, variant: str = "eager") -> dict:
             for key, (a, b) in pairs.items():
                 if a is None or b is None:
                     continue
-                out[key][i, j] = a["median_ms"] / b["median_ms"]
-                out[key + "_low"][i, j] = a["p25_ms"] / b["p75_ms"]
-                out[key + "_high"][i, j] = a["p75_ms"] / b["p25_ms"]
+                ratio = latency_ratio(a, b)
+                out[key][i, j], out[key + "_low"][i, j], out[key + "_high"][i, j] = (
+                    ratio["value"], ratio["low"], ratio["high"])
                 if a.get("predicted_ms") and b.get("predicted_ms"):
                     out[key + "_predicted"][i, j] = a["predicted_ms"] / b["predicted_ms"]
     return out
@@ -353,14 +355,42 @@ def format_regime(results: dict, limit: float = FLAT_LIMIT) -> str:
 
 # ----------------------------------------------------------------------------- plots
 
+MAP_TICKS = [1 / 16, 1 / 4, 1 / 2, 1, 2, 4, 16]   # the colour range: the same colours for the same ratio
+
+
+def ratio_map(ax, values: np.ndarray, dims: list, ns: list, line: list, title: str) -> None:
+    """One heat map of ratios over (D, n) on `ax` (rows D, columns n), each cell annotated,
+    on log colours centred on 1 (from MAP_TICKS[0] to MAP_TICKS[-1]), with `line` (a fractional n index per D, None:
+    past the last n) drawn dashed: left of it the model predicts flat latency. The maps of
+    plot_regime and of the decode benchmark (duat.bench.decode_model) alike."""
+    norm = LogNorm(vmin=MAP_TICKS[0], vmax=MAP_TICKS[-1])
+    image = ax.imshow(np.clip(values, norm.vmin, norm.vmax), cmap="RdBu_r", origin="lower",
+                      aspect="auto", norm=norm)
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            if np.isfinite(values[i, j]):
+                ax.text(j, i, f"{values[i, j]:.2g}", ha="center", va="center", fontsize=7)
+    xs = [len(ns) - 0.5 if b is None else b for b in line]
+    ax.plot(xs, range(len(xs)), color="white", lw=2.5)
+    ax.plot(xs, range(len(xs)), color="k", lw=1, ls="--")
+    ax.set_xlim(-0.5, len(ns) - 0.5)
+    ax.set_xticks(range(len(ns)), [str(n) for n in ns])
+    ax.set_yticks(range(len(dims)), [str(D) for D in dims])
+    ax.set_xlabel("n (parallel branches, or serial layers)")
+    ax.set_ylabel("token width D")
+    ax.set_title(title, fontsize=9)
+    bar = ax.figure.colorbar(image, ax=ax, shrink=0.85)
+    bar.ax.yaxis.set_major_locator(FixedLocator(MAP_TICKS))
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    bar.ax.yaxis.set_minor_locator(FixedLocator([]))
+
+
 def plot_regime(results: dict, variant: str = "eager", limit: float = FLAT_LIMIT,
                 panels: tuple[str, ...] | None = None):
     """Heat maps over (D, n), one row per batch size: the ratios of PANELS (or only those
     named in `panels`; a single one is drawn with the batches side by side), annotated, with
     the model's flat limit (flat_limit: where its predicted Para-Former-1-n / Para-Former-1-1
     passes `limit`) drawn as a dashed line. Colours on a log scale centred on 1."""
-    norm = LogNorm(vmin=1 / 16, vmax=16)   # the same colours for the same ratio, every panel
-    ticks = [1 / 16, 1 / 4, 1 / 2, 1, 2, 4, 16]
     known = dict(PANELS)
     chosen = [(k, known[k]) for k in (panels or known) if k in known]
     if panels is not None and (not chosen or len(chosen) != len(panels)):
@@ -374,28 +404,8 @@ def plot_regime(results: dict, variant: str = "eager", limit: float = FLAT_LIMIT
         g = regime_grid(results, batch, variant)
         line = [flat_limit(results, batch, D, limit, variant) for D in g["dims"]]
         for col, (key, title) in enumerate(chosen):
-            ax, values = (axes[0][row] if len(chosen) == 1 else axes[row][col]), g[key]
-            image = ax.imshow(np.clip(values, norm.vmin, norm.vmax), cmap="RdBu_r",
-                              origin="lower", aspect="auto", norm=norm)
-            for i in range(values.shape[0]):
-                for j in range(values.shape[1]):
-                    if np.isfinite(values[i, j]):
-                        ax.text(j, i, f"{values[i, j]:.2g}", ha="center", va="center", fontsize=7)
-            # left of the line the model predicts flat latency (None: at every n)
-            xs = [len(g["ns"]) - 0.5 if b is None else b for b in line]
-            ys = list(range(len(xs)))
-            ax.plot(xs, ys, color="white", lw=2.5)
-            ax.plot(xs, ys, color="k", lw=1, ls="--")
-            ax.set_xlim(-0.5, len(g["ns"]) - 0.5)
-            ax.set_xticks(range(len(g["ns"])), [str(n) for n in g["ns"]])
-            ax.set_yticks(range(len(g["dims"])), [str(D) for D in g["dims"]])
-            ax.set_xlabel("n (parallel branches, or serial layers)")
-            ax.set_ylabel("token width D")
-            ax.set_title(f"{title}\nbatch {batch}", fontsize=9)
-            bar = fig.colorbar(image, ax=ax, shrink=0.85)
-            bar.ax.yaxis.set_major_locator(FixedLocator(ticks))
-            bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            bar.ax.yaxis.set_minor_locator(FixedLocator([]))
+            ax = axes[0][row] if len(chosen) == 1 else axes[row][col]
+            ratio_map(ax, g[key], g["dims"], g["ns"], line, f"{title}\nbatch {batch}")
     env = results["environment"]
     tokens = sorted({r["tokens"] for r in results["records"]})
     fig.suptitle(f"{env['device_name']} · {env['dtype']} · {env['threads']} thread(s) · "

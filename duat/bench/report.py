@@ -1,21 +1,24 @@
-"""Reading a benchmark's results: the table, the kit's targets, the files, the roofline plot.
+"""Reading a benchmark's results: the table, the targets, the files, the roofline plot.
 
 A results dict (duat.bench.run_benchmark) is saved as results.json (everything, with the
 raw per-call times), results.csv (one row per case, no raw times) and
 latency_vs_layers.png (latency against L with the FLOP-bound line, and the achieved
-fraction of the matmul peak). The targets are the kit's own goals for the batched stage (not the paper's claims): they are
-checked here, on measured numbers, never in a timed unit test.
+fraction of the matmul peak). The targets (TARGETS) are goals for the batched stage, not
+the paper's claims: check_targets reads them off measured numbers, never in a timed unit
+test.
 """
 from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 
 from duat.bench import regime
 from duat.bench.harness import IMPLEMENTATIONS, VARIANTS
+from duat.bench.timing import latency_ratio
 from duat.locations import committed, output_dir
 from duat.storage import (atomic_write_json, atomic_write_text, prepare_output_dir,
                           read_results, write_figure)
@@ -50,13 +53,9 @@ def format_table(results: dict) -> str:
     lines = [f"device {env['device_name']} ({env['device']}), torch {env['torch']}, "
              f"{env['dtype']}, {env['threads']} thread(s), {env['date']}"]
     if peak:
-        # older runs lack the spread and the call count: print what the run recorded
-        spread = (f" (p25-p75 {peak['gflops_p25']:.1f}-{peak['gflops_p75']:.1f})"
-                  if "gflops_p25" in peak and "gflops_p75" in peak else "")
-        how = (f", median of {peak['calls']} calls timed between the models' calls"
-               if "calls" in peak else "")
-        lines.append(f"matmul peak {peak['gflops']:.1f} GFLOP/s{spread}: "
-                     f"{peak.get('size', '?')}^2 GEMMs{how}")
+        lines.append(f"matmul peak {peak['gflops']:.1f} GFLOP/s (p25-p75 {peak['gflops_p25']:.1f}-"
+                     f"{peak['gflops_p75']:.1f}): {peak['size']}^2 GEMMs, median of "
+                     f"{peak['calls']} calls timed between the models' calls")
     overhead = results.get("overhead")
     if overhead:
         lines.append(f"per-op overhead {overhead['us_per_op']:.1f} us (p25-p75 "
@@ -123,73 +122,89 @@ def format_comparison(rows: list[dict], reference_name: str = "reference") -> st
 
 # ----------------------------------------------------------------------------- targets
 
-def _ratio(a: dict, b: dict) -> dict:
-    """median(a) / median(b), with a range from the two interquartile ranges."""
-    return {"value": a["median_ms"] / b["median_ms"],
-            "low": a["p25_ms"] / b["p75_ms"], "high": a["p75_ms"] / b["p25_ms"]}
+@dataclass(frozen=True)
+class Target:
+    """One target: the latency of case `top` over that of case `bottom` (or, with no
+    bottom, `top`'s achieved fraction of the matmul peak) `op` `threshold`.
+
+    A case is (implementation, batch, layers); layers "L" is check_targets' `layers`. The
+    target is set at token width `dim` (and `tokens` tokens, where given): a run without
+    that width is checked at its only width, unless `exact_width`. `per_variant`: checked
+    for each variant of the run (else for eager only). `name` may hold {L} and {variant}."""
+    device: str
+    name: str
+    top: tuple
+    bottom: tuple | None
+    op: str
+    threshold: float
+    dim: int
+    tokens: int | None = None
+    exact_width: bool = False
+    per_variant: bool = False
 
 
-def check_targets(results: dict, layers: int = 12) -> list[dict]:
-    """The kit's targets that this run's records can decide, each with its measured value.
+# CPU: the small size (D = 192, T = 65) at batch 1 and 64, and the overhead regime (D = 32,
+# T = 17), where adding parallel layers costs little. GPU: batch 1, each variant.
+TARGETS = (
+    Target("cpu", "CPU batch 1: speed-up of pf-1-{L} batched over serial ViT-{L}",
+           ("vit", 1, "L"), ("pf-batched", 1, "L"), ">=", 1.5, 192, 65),
+    Target("cpu", "CPU batch 1: speed-up of pf-1-{L} batched over reference loop",
+           ("pf-reference", 1, "L"), ("pf-batched", 1, "L"), ">=", 1.5, 192, 65),
+    Target("cpu", "CPU batch 1: speed-up of pf-1-{L} batched over timm ParallelThingsBlock",
+           ("timm-parallel", 1, "L"), ("pf-batched", 1, "L"), ">=", 1.5, 192, 65),
+    Target("cpu", "CPU batch 1: pf-1-{L} batched achieved / matmul peak",
+           ("pf-batched", 1, "L"), None, ">=", 0.70, 192, 65),
+    Target("cpu", "CPU batch 64: latency pf-1-{L} batched / serial ViT-{L}",
+           ("pf-batched", 64, "L"), ("vit", 64, "L"), "<=", 1.05, 192, 65),
+    Target("cpu", "CPU batch 1: latency pf-1-24 batched / pf-1-1",
+           ("pf-batched", 1, 24), ("pf-batched", 1, 1), "<=", 1.5, 32, 17, exact_width=True),
+    Target("cuda", "GPU batch 1 ({variant}): latency pf-batched L=24 / L=1",
+           ("pf-batched", 1, 24), ("pf-batched", 1, 1), "<=", 1.3, 384, per_variant=True),
+    Target("cuda", "GPU batch 1 ({variant}): latency vit L=24 / L=1",
+           ("vit", 1, 24), ("vit", 1, 1), ">=", 10.0, 384, per_variant=True),
+)
 
-    CPU (batch 1, at `layers`, D = 192): Para-Former-1-L batched >= 1.5x faster than serial
-    ViT-L, than the reference loop and than timm's block; its achieved FLOP/s >= 70 % of the
-    matmul peak. CPU (batch 64): batched / ViT <= 1.05. CPU (batch 1, D = 32, T = 17: the
-    overhead regime): Para-Former-1-24 / Para-Former-1-1 <= 1.5. GPU (batch 1, per variant):
-    latency(pf L=24) / latency(pf L=1) <= 1.3 and ViT L=24 / L=1 >= 10.
-    Each check says whether the run used the target's sizes (`sizes_match`).
-    """
-    recs, env = results["records"], results["environment"]
+
+def target_check(name: str, ratio: dict, op: str, threshold: float, sizes_match: bool = True) -> dict:
+    """One checked target, as results.json holds it: the measured `ratio` ({value, low,
+    high}, e.g. latency_ratio), whether value `op` threshold holds, and whether the run used
+    the target's sizes."""
+    holds = ratio["value"] >= threshold if op == ">=" else ratio["value"] <= threshold
+    return dict(target=name, value=ratio["value"], low=ratio["low"], high=ratio["high"], op=op,
+                threshold=threshold, holds=bool(holds), sizes_match=sizes_match)
+
+
+def _peak_fraction(r: dict) -> dict:
+    """A record's achieved fraction of the matmul peak, with its range from its quartiles."""
+    return {"value": r["peak_fraction"], "low": r["flops"] / r["p75_ms"] / 1e6 / r["peak_gflops"],
+            "high": r["flops"] / r["p25_ms"] / 1e6 / r["peak_gflops"]}
+
+
+def check_targets(results: dict, layers: int = 12, targets: tuple[Target, ...] = TARGETS) -> list[dict]:
+    """Each of `targets` that this run's records can decide (its device, its cases timed),
+    with its measured value and range (target_check); L = `layers`."""
+    recs, device = results["records"], results["environment"]["device"]
+    dims = sorted({r["dim"] for r in recs})
     out = []
-
-    def add(name, ratio, op, threshold, sizes_match):
-        holds = ratio["value"] >= threshold if op == ">=" else ratio["value"] <= threshold
-        out.append(dict(target=name, value=ratio["value"], low=ratio.get("low"),
-                        high=ratio.get("high"), op=op, threshold=threshold, holds=bool(holds),
-                        sizes_match=sizes_match))
-
-    dims = sorted({r.get("dim") for r in recs})
-    if env["device"] == "cpu":
-        # the kit's sizes (D = 192, T = 65), or a run's only width
-        D = 192 if 192 in dims else dims[0] if len(dims) == 1 else None
-        b1 = dict(batch=1, layers=layers, dim=D)
-        pf = find(recs, implementation="pf-batched", **b1) if D is not None else None
-        if pf is not None:
-            match = pf["dim"] == 192 and pf["tokens"] == 65
-            for other, what in (("vit", f"serial ViT-{layers}"), ("pf-reference", "reference loop"),
-                                ("timm-parallel", "timm ParallelThingsBlock")):
-                o = find(recs, implementation=other, **b1)
-                if o is not None:
-                    add(f"CPU batch 1: speed-up of pf-1-{layers} batched over {what}",
-                        _ratio(o, pf), ">=", 1.5, match)
-            if pf.get("peak_fraction") is not None:
-                add(f"CPU batch 1: pf-1-{layers} batched achieved / matmul peak",
-                    {"value": pf["peak_fraction"],
-                     "low": pf["flops"] / pf["p75_ms"] / 1e6 / pf["peak_gflops"],
-                     "high": pf["flops"] / pf["p25_ms"] / 1e6 / pf["peak_gflops"]},
-                    ">=", 0.70, match)
-        if D is not None:
-            pf, vit = (find(recs, implementation=i, batch=64, layers=layers, dim=D)
-                       for i in ("pf-batched", "vit"))
-            if pf is not None and vit is not None:
-                add(f"CPU batch 64: latency pf-1-{layers} batched / serial ViT-{layers}",
-                    _ratio(pf, vit), "<=", 1.05, pf["dim"] == 192 and pf["tokens"] == 65)
-        # the overhead regime (D = 32, T = 17): adding parallel layers costs little
-        small = 32 if 32 in dims else None
-        deep, one = (find(recs, implementation="pf-batched", batch=1, layers=L, dim=small)
-                     for L in (24, 1))
-        if small is not None and deep is not None and one is not None:
-            add("CPU batch 1: latency pf-1-24 batched / pf-1-1", _ratio(deep, one), "<=", 1.5,
-                deep["dim"] == 32 and deep["tokens"] == 17)
-    elif env["device"] == "cuda":
-        D = 384 if 384 in dims else dims[0] if len(dims) == 1 else None
-        for variant in sorted({r["variant"] for r in recs}) if D is not None else ():
-            for impl, op, thr in (("pf-batched", "<=", 1.3), ("vit", ">=", 10.0)):
-                deep = find(recs, implementation=impl, batch=1, layers=24, variant=variant, dim=D)
-                one = find(recs, implementation=impl, batch=1, layers=1, variant=variant, dim=D)
-                if deep is not None and one is not None:
-                    add(f"GPU batch 1 ({variant}): latency {impl} L=24 / L=1",
-                        _ratio(deep, one), op, thr, deep["dim"] == 384)
+    for variant in sorted({r["variant"] for r in recs}):
+        for t in targets:
+            if t.device != device or not (t.per_variant or variant == "eager"):
+                continue
+            D = t.dim if t.dim in dims else dims[0] if len(dims) == 1 and not t.exact_width else None
+            if D is None:
+                continue
+            top, bottom = (None if case is None else find(
+                recs, implementation=case[0], batch=case[1],
+                layers=layers if case[2] == "L" else case[2], variant=variant, dim=D)
+                for case in (t.top, t.bottom))
+            if top is None or (t.bottom is not None and bottom is None):
+                continue
+            if bottom is None and top.get("peak_fraction") is None:
+                continue
+            match = top["dim"] == t.dim and (t.tokens is None or top["tokens"] == t.tokens)
+            out.append(target_check(t.name.format(L=layers, variant=variant),
+                                    latency_ratio(top, bottom) if bottom else _peak_fraction(top),
+                                    t.op, t.threshold, match))
     return out
 
 
@@ -225,7 +240,7 @@ def records_csv(records: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def save_results(results: dict, folder: str | Path, overwrite: bool = False) -> list[Path]:
+def save_benchmark(results: dict, folder: str | Path, overwrite: bool = False) -> list[Path]:
     """Write results.json, results.csv and latency_vs_layers.png into `folder` (atomically);
     for a regime sweep also REGIME_FILES.
 
@@ -238,7 +253,7 @@ def save_results(results: dict, folder: str | Path, overwrite: bool = False) -> 
     results = dict(results, targets=check_targets(results))
     paths = [atomic_write_json(folder / "results.json", results),
              atomic_write_text(folder / "results.csv", records_csv(results["records"]))]
-    paths.append(write_figure(plot_results(results), folder / "latency_vs_layers.png",
+    paths.append(write_figure(plot_benchmark(results), folder / "latency_vs_layers.png",
                               dpi=120, bbox_inches="tight"))
     if regime.is_regime(results):
         paths.append(write_figure(regime.plot_regime(results), folder / "regime_map.png",
@@ -248,7 +263,7 @@ def save_results(results: dict, folder: str | Path, overwrite: bool = False) -> 
     return paths
 
 
-def load_results(path: str | Path) -> dict:
+def load_benchmark(path: str | Path) -> dict:
     """A saved run: its folder, its results.json, or the bare name of a committed run (a
     folder of results_root(), e.g. "cpu-2026-11-28")."""
     path = Path(path)
@@ -288,11 +303,9 @@ def list_runs(root: str | Path | None = None) -> list[Path]:
                   key=lambda p: (p.name, str(p)))
 
 
-def is_quick(results: dict, folder: str | Path | None = None) -> bool:
-    """Whether a run was a `--quick` one (its preset, or for older runs its folder name)."""
-    if "preset" in results:
-        return results["preset"] == "quick"
-    return folder is not None and "-quick" in Path(folder).name
+def is_quick(results: dict) -> bool:
+    """Whether a run was a `--quick` one (its preset)."""
+    return results.get("preset") == "quick"
 
 
 def latest_run(root: str | Path | None = None, device: str = "cpu",
@@ -305,7 +318,7 @@ def latest_run(root: str | Path | None = None, device: str = "cpu",
     best = None
     for folder in list_runs(root):
         try:
-            res = load_results(folder)
+            res = load_benchmark(folder)
         except (ValueError, OSError):  # a damaged or foreign results.json: not a run
             continue
         if res["environment"].get("device") != device:
@@ -314,7 +327,7 @@ def latest_run(root: str | Path | None = None, device: str = "cpu",
             if res.get("preset") != preset:
                 continue
         elif (regime.is_regime(res) or res.get("kind") == "decode"  # a decode run: not by depth
-              or (is_quick(res, folder) and not include_quick)):
+              or (is_quick(res) and not include_quick)):
             continue
         key = (res["environment"].get("date", ""), folder.name)
         if best is None or key > best[0]:
@@ -324,7 +337,7 @@ def latest_run(root: str | Path | None = None, device: str = "cpu",
 
 # ----------------------------------------------------------------------------- plot
 
-def plot_results(results: dict, axes=None, log: bool = False, dim: int | None = None):
+def plot_benchmark(results: dict, axes=None, log: bool = False, dim: int | None = None):
     """Latency against L per implementation with the FLOP-bound line (top row), and the
     achieved fraction of the matmul peak (bottom row); one column per batch size. A run of
     several token widths (a regime sweep) is drawn at one, `dim` (default: the smallest).

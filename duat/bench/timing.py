@@ -1,19 +1,28 @@
 """Timing, honestly: per-call times on an idle device, the matmul peak, and the fixed cost
 of one operation.
 
-- time_calls / summarize: each call's seconds (CUDA events on GPUs, perf_counter elsewhere)
-  and their median and spread; time_cases: warm-up, then interleaved rounds over the cases
-  with garbage collection off, the probes (the peak, the overhead) timed between rounds.
-  The benchmark (duat.bench.harness) and the explorer both time through these.
+- time_calls / latency_stats: each call's seconds (CUDA events on GPUs, perf_counter
+  elsewhere) and their median and spread; latency_ratio: one case's median over another's,
+  with its range from the two interquartile ranges; time_cases: warm-up, then interleaved
+  rounds over the cases with garbage collection off, the probes timed between rounds. The
+  benchmark (duat.bench.harness), the decode benchmark and the explorer time through these.
+- Probe: a device rate timed between the rounds (not a model case): gemm_probe (the matmul
+  peak P), overhead_probe (the fixed cost of one operation, tau), bandwidth_probe (the
+  memory read rate); peak_reading, overhead_reading and bandwidth_reading turn its timed
+  calls into the rate, with its quartiles.
 - matmul_peak: the device's measured GEMM rate P, for the FLOP bound F / P.
 - count_ops / op_overhead: how many operations a call dispatches, and what one costs
   (tau), for the overhead floor ops x tau; add_overhead_model puts a record on
   t = max(ops x tau, F / P) (duat.bench.regime reads the map it draws).
 - memory_bandwidth: the device's measured read rate (the sum of a large tensor), for the
   bytes term bytes / bandwidth of decoding (duat.bench.decode).
+- check_dtype: the one refusal of a dtype the benchmarks do not know; extended / value_of:
+  a record (a dict, or a dataclass such as duat.bench.records.BenchRecord) copied with new
+  values, and one of its values read.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import time
@@ -33,6 +42,13 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # eager: plain calls. graph: one CUDA graph replay per call (CUDA only).
 # compile: torch.compile(model), default mode (needs a working compiler toolchain).
 VARIANTS = ("eager", "graph", "compile")
+
+
+def check_dtype(dtype: str) -> str:
+    """`dtype` if it is one of DTYPES; else one ValueError naming the known ones."""
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
+    return dtype
 
 
 def _sync(device: torch.device) -> None:
@@ -101,8 +117,10 @@ def make_callable(model: nn.Module, x: torch.Tensor, variant: str) -> Callable[[
     raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
 
 
-def summarize(seconds: list[float]) -> dict:
-    """Median and spread (p10, p25, p75, p90, IQR) of per-call times, in milliseconds."""
+def latency_stats(seconds: list[float]) -> dict:
+    """Median and spread (p10, p25, p75, p90, IQR) of per-call times, in milliseconds:
+    median_ms, mean_ms, min_ms, p10_ms, p25_ms, p75_ms, p90_ms, iqr_ms (p75 - p25) and
+    rel_iqr (iqr / median)."""
     if len(seconds) < 1:
         raise ValueError("no timings to summarize")
     ms = np.asarray(seconds, dtype=float) * 1e3
@@ -113,12 +131,50 @@ def summarize(seconds: list[float]) -> dict:
             "rel_iqr": float((p75 - p25) / p50) if p50 > 0 else float("nan")}
 
 
-def _gemm(n: int, device: torch.device, dtype: str) -> Callable[[], object]:
-    """fn() computing one (n x n) @ (n x n) product at `dtype` on `device`."""
+def latency_ratio(a: dict, b: dict) -> dict:
+    """median(a) / median(b) as `value`, with the range the two interquartile ranges allow:
+    `low` = p25(a) / p75(b), `high` = p75(a) / p25(b). `a`, `b`: latency_stats, or records
+    holding its median_ms, p25_ms and p75_ms."""
+    return {"value": a["median_ms"] / b["median_ms"], "low": a["p25_ms"] / b["p75_ms"],
+            "high": a["p75_ms"] / b["p25_ms"]}
+
+
+def _rates(work: float, stats: dict) -> tuple[float, float, float]:
+    """`work` per call (FLOPs, bytes) over latency_stats `stats`, in giga-units per second:
+    the median rate, and the rates at the slow (p75) and the fast (p25) quartile."""
+    return (work / stats["median_ms"] / 1e6, work / stats["p75_ms"] / 1e6,
+            work / stats["p25_ms"] / 1e6)
+
+
+@dataclass
+class Probe:
+    """A device rate timed between the rounds of a benchmark: a call whose time is set by
+    one resource alone, and how much of it one call uses. `name`: matmul-peak (`work`: the
+    FLOPs of one product), op-overhead (the operations one call dispatches) or
+    memory-bandwidth (the bytes one call reads); `about`: what is timed, in words. The
+    timing loop (time_cases) fills in `seconds`."""
+    name: str
+    fn: Callable[[], object]
+    work: int
+    about: str
+    seconds: list = field(default_factory=list)
+
+
+def gemm_probe(n: int, device: torch.device, dtype: str) -> Probe:
+    """The matmul probe: one (n x n) @ (n x n) product at `dtype` on `device` (2 n^3 FLOPs)."""
     gen = torch.Generator(device="cpu").manual_seed(0)
     a = torch.randn(n, n, generator=gen).to(device, DTYPES[dtype])
     b = torch.randn(n, n, generator=gen).to(device, DTYPES[dtype])
-    return lambda: a @ b
+    return Probe("matmul-peak", lambda: a @ b, 2 * n ** 3, f"{n}^2 GEMMs")
+
+
+def peak_reading(probe: Probe, scan: dict) -> dict:
+    """The matmul peak from a gemm_probe's timed calls: gflops (median) with gflops_p25 and
+    gflops_p75, the GEMM size and dtype of `scan` (the matmul_peak that chose the size),
+    the calls timed, and the scan itself."""
+    gflops, p25, p75 = _rates(probe.work, latency_stats(probe.seconds))
+    return {"gflops": gflops, "gflops_p25": p25, "gflops_p75": p75, "size": scan["size"],
+            "dtype": scan["dtype"], "calls": len(probe.seconds), "scan": scan}
 
 
 def matmul_peak(device: torch.device | str = "cpu", dtype: str = "float32",
@@ -131,23 +187,20 @@ def matmul_peak(device: torch.device | str = "cpu", dtype: str = "float32",
     peak and the models see the same machine load.
     """
     device = select_device(str(device))  # a wrong or absent device: one clear ValueError
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
+    check_dtype(dtype)
     if sizes is None:
         sizes = (1024, 2048) if device.type == "cpu" else (2048, 4096, 8192)
     sizes = wholes("sizes", sizes)
     by_size = {}
     with torch.inference_mode():
         for n in sizes:
-            fn = _gemm(n, device, dtype)
-            time_calls(fn, 2, device)  # warm-up
-            s = summarize(time_calls(fn, reps, device))
-            fl = 2 * n ** 3
-            by_size[str(n)] = {"gflops": fl / s["median_ms"] / 1e6,
-                               "gflops_p25": fl / s["p75_ms"] / 1e6,
-                               "gflops_p75": fl / s["p25_ms"] / 1e6,
+            probe = gemm_probe(n, device, dtype)
+            time_calls(probe.fn, 2, device)  # warm-up
+            s = latency_stats(time_calls(probe.fn, reps, device))
+            gflops, p25, p75 = _rates(probe.work, s)
+            by_size[str(n)] = {"gflops": gflops, "gflops_p25": p25, "gflops_p75": p75,
                                "median_ms": s["median_ms"], "reps": reps}
-            del fn
+            del probe
     best = max(by_size, key=lambda k: by_size[k]["gflops"])
     return {"gflops": by_size[best]["gflops"], "size": int(best), "dtype": dtype,
             "by_size": by_size}
@@ -189,21 +242,27 @@ OVERHEAD_PROBE = dict(name="vit-8", dim=8, heads=1, mlp_ratio=1.0, image_size=4,
                       in_channels=1, num_classes=2)
 
 
-def _overhead_case(device: torch.device, dtype: str) -> "Case":
+def overhead_probe(device: torch.device, dtype: str) -> Probe:
+    """The overhead probe of the image models: one forward pass of OVERHEAD_PROBE (`work`:
+    the operations it dispatches)."""
     kw = dict(OVERHEAD_PROBE)
     torch.manual_seed(0)
     model = create_model(kw.pop("name"), **kw).eval().to(device, DTYPES[dtype])
     x = torch.zeros(1, 1, 4, 4, device=device, dtype=DTYPES[dtype])
     fn = lambda: model(x)  # noqa: E731
-    return Case("op-overhead", "eager", 8, 1, model, fn, ops=count_ops(fn))
+    return Probe("op-overhead", fn, count_ops(fn),
+                 "{name} at D={dim}, {heads} head, 2 tokens, batch 1".format(**OVERHEAD_PROBE))
 
 
-def _overhead_summary(case: "Case") -> dict:
-    s = summarize(case.seconds)
-    per = 1e3 / case.ops  # ms per call -> us per op
+def overhead_reading(probe: Probe) -> dict:
+    """The fixed cost of one operation from an overhead probe's timed calls: us_per_op (the
+    median call over its operations) with us_p25 and us_p75, the ops, the calls timed and
+    the probe in words."""
+    s = latency_stats(probe.seconds)
+    per = 1e3 / probe.work  # ms per call -> us per op
     return {"us_per_op": s["median_ms"] * per, "us_p25": s["p25_ms"] * per,
-            "us_p75": s["p75_ms"] * per, "ops": case.ops, "calls": len(case.seconds),
-            "probe": "{name} at D={dim}, {heads} head, 2 tokens, batch 1".format(**OVERHEAD_PROBE)}
+            "us_p75": s["p75_ms"] * per, "ops": probe.work, "calls": len(probe.seconds),
+            "probe": probe.about}
 
 
 def op_overhead(device: torch.device | str = "cpu", dtype: str = "float32", reps: int = 50) -> dict:
@@ -211,29 +270,41 @@ def op_overhead(device: torch.device | str = "cpu", dtype: str = "float32", reps
     a model whose arithmetic is negligible (OVERHEAD_PROBE), divided by the operations it
     dispatches. Returns us_per_op (median) with its quartiles, and the op count."""
     device = select_device(str(device))  # a wrong or absent device: one clear ValueError
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
-    case = _overhead_case(device, dtype)
+    probe = overhead_probe(device, check_dtype(dtype))
     with torch.inference_mode():
-        time_calls(case.fn, 5, device)  # warm-up
-        case.seconds = time_calls(case.fn, whole("reps", reps), device)
-    return _overhead_summary(case)
+        time_calls(probe.fn, 5, device)  # warm-up
+        probe.seconds = time_calls(probe.fn, whole("reps", reps), device)
+    return overhead_reading(probe)
 
 
-def add_overhead_model(record: dict, us_per_op: float | None) -> dict:
-    """Add the simple latency model t = max(ops x overhead, FLOPs / peak): the overhead
-    floor `overhead_ms`, the prediction `predicted_ms`, and which term sets it (`bound_by`).
-    Needs the record's `ops` and, from add_roofline, its `flop_bound_ms`."""
+def extended(record, **values):
+    """A copy of `record` (a dict, or a dataclass such as a BenchRecord) with `values` set;
+    the record itself is left as it was."""
+    if dataclasses.is_dataclass(record):
+        return dataclasses.replace(record, **values)
+    return {**record, **values}
+
+
+def value_of(record, key: str):
+    """record[key] of a dict, or the field `key` of a dataclass; None where it has none."""
+    return getattr(record, key, None) if dataclasses.is_dataclass(record) else record.get(key)
+
+
+def add_overhead_model(record, us_per_op: float | None):
+    """The record with the simple latency model t = max(ops x overhead, FLOPs / peak) added:
+    the overhead floor `overhead_ms`, the prediction `predicted_ms`, and which term sets it
+    (`bound_by`), all None without a `us_per_op` or an op count. Needs the record's `ops`
+    and, from add_roofline, its `flop_bound_ms`. `record`: a dict or a BenchRecord; a new
+    one is returned."""
     if us_per_op is not None and not (us_per_op >= 0):  # NaN fails too
         raise ValueError(f"us_per_op must be a time >= 0 (microseconds), got {us_per_op!r}")
-    if us_per_op is None or record.get("ops") is None:
-        record["overhead_ms"] = record["predicted_ms"] = record["bound_by"] = None
-        return record
-    record["overhead_ms"] = record["ops"] * us_per_op / 1e3
-    flop_ms = record.get("flop_bound_ms") or 0.0
-    record["predicted_ms"] = max(record["overhead_ms"], flop_ms)
-    record["bound_by"] = "overhead" if record["overhead_ms"] >= flop_ms else "flops"
-    return record
+    ops = value_of(record, "ops")
+    if us_per_op is None or ops is None:
+        return extended(record, overhead_ms=None, predicted_ms=None, bound_by=None)
+    overhead_ms = ops * us_per_op / 1e3
+    flop_ms = value_of(record, "flop_bound_ms") or 0.0
+    return extended(record, overhead_ms=overhead_ms, predicted_ms=max(overhead_ms, flop_ms),
+                    bound_by="overhead" if overhead_ms >= flop_ms else "flops")
 
 
 # The bandwidth probe: the sum of one large tensor reads every byte of it once, and its
@@ -243,19 +314,23 @@ def _bandwidth_bytes(device: torch.device) -> int:
     return 2 ** 28 if device.type == "cpu" else 2 ** 30
 
 
-def _bandwidth_case(device: torch.device, dtype: str, nbytes: int | None = None) -> "Case":
+def bandwidth_probe(device: torch.device, dtype: str, nbytes: int | None = None) -> Probe:
+    """The bandwidth probe: the sum of a tensor of about `nbytes` (default: past every cache
+    of `device`); `work`: the bytes one call reads."""
     nbytes = _bandwidth_bytes(device) if nbytes is None else whole("nbytes", nbytes)
     dt = DTYPES[dtype]
     x = torch.ones(max(1, nbytes // (torch.finfo(dt).bits // 8)), device=device, dtype=dt)
-    return Case("memory-bandwidth", "eager", 0, 0, None, lambda: x.sum(),
-                nbytes=x.numel() * x.element_size())
+    read = x.numel() * x.element_size()
+    return Probe("memory-bandwidth", lambda: x.sum(), read,
+                 f"sum of a {read / 2 ** 20:.0f} MiB tensor (each byte read once)")
 
 
-def _bandwidth_summary(case: "Case") -> dict:
-    s, nbytes = summarize(case.seconds), case.nbytes
-    return {"gbps": nbytes / s["median_ms"] / 1e6, "gbps_p25": nbytes / s["p75_ms"] / 1e6,
-            "gbps_p75": nbytes / s["p25_ms"] / 1e6, "bytes": nbytes, "calls": len(case.seconds),
-            "probe": f"sum of a {nbytes / 2 ** 20:.0f} MiB tensor (each byte read once)"}
+def bandwidth_reading(probe: Probe) -> dict:
+    """The memory read rate from a bandwidth probe's timed calls: gbps (median, 1e9 bytes
+    per second) with gbps_p25 and gbps_p75, the bytes, the calls timed, the probe in words."""
+    gbps, p25, p75 = _rates(probe.work, latency_stats(probe.seconds))
+    return {"gbps": gbps, "gbps_p25": p25, "gbps_p75": p75, "bytes": probe.work,
+            "calls": len(probe.seconds), "probe": probe.about}
 
 
 def memory_bandwidth(device: torch.device | str = "cpu", dtype: str = "float32",
@@ -265,18 +340,16 @@ def memory_bandwidth(device: torch.device | str = "cpu", dtype: str = "float32",
     divided by it. Returns `gbps` (median; 1e9 bytes per second) with its quartiles, the
     bytes and the calls timed: the bytes term bytes / bandwidth of a decode step."""
     device = select_device(str(device))  # a wrong or absent device: one clear ValueError
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
-    case = _bandwidth_case(device, dtype, nbytes)
+    probe = bandwidth_probe(device, check_dtype(dtype), nbytes)
     with torch.inference_mode():
-        time_calls(case.fn, 2, device)  # warm-up: the pages are touched, the kernel loaded
-        case.seconds = time_calls(case.fn, whole("reps", reps), device)
-    return _bandwidth_summary(case)
+        time_calls(probe.fn, 2, device)  # warm-up: the pages are touched, the kernel loaded
+        probe.seconds = time_calls(probe.fn, whole("reps", reps), device)
+    return bandwidth_reading(probe)
 
 
 @dataclass
 class Case:
-    """One thing to time: a model (or the matmul probe) and the call that runs it; the
+    """One model case to time: a model at a depth and batch, and the call that runs it; the
     timing loop fills in its warm-up count and samples."""
     implementation: str
     variant: str
@@ -285,7 +358,6 @@ class Case:
     model: nn.Module
     fn: Callable[[], object]
     ops: int | None = None      # aten operations one call dispatches (count_ops)
-    nbytes: int | None = None   # bytes one call reads (the bandwidth probe)
     reps: int = 0
     warmup: int = 0
     seconds: list = field(default_factory=list)
@@ -295,13 +367,13 @@ PEAK_CALLS_PER_ROUND = 2  # calls of each probe timed before each round of each 
 
 
 def time_cases(cases: list[Case], spec, device: torch.device, say,
-               probes: list[Case] | Case | None = None) -> None:
+               probes: list[Probe] | Probe | None = None) -> None:
     """Warm every case up, then time them in interleaved rounds (spec.rounds), so that slow
     drifts of the machine's load hit all cases alike; `probes` (the matmul peak, the per-op
-    overhead) are timed before each round. `spec`: a BenchSpec, or anything with its
+    overhead) are timed before each round, PEAK_CALLS_PER_ROUND calls each. `spec`: a BenchSpec, or anything with its
     warmup, reps, min_reps, rounds and max_case_seconds. The benchmark and the explorer both
     time through this loop."""
-    probes = [] if probes is None else [probes] if isinstance(probes, Case) else list(probes)
+    probes = [] if probes is None else [probes] if isinstance(probes, Probe) else list(probes)
     with torch.inference_mode():
         for case in cases:  # warm-up: at least one call, at most spec.warmup, within a budget
             t0 = time.perf_counter()
@@ -329,7 +401,7 @@ def time_cases(cases: list[Case], spec, device: torch.device, say,
             if was_enabled:
                 gc.enable()
     for case in cases:
-        s = summarize(case.seconds)
+        s = latency_stats(case.seconds)
         say(f"  D {case.model.config.dim:>3}  batch {case.batch:>3}  L {case.layers:>2}  {case.implementation:<14} "
             f"{case.variant:<7} {s['median_ms']:9.2f} ms  (p25-p75 {s['p25_ms']:.2f}-"
             f"{s['p75_ms']:.2f}, {len(case.seconds)} reps)")

@@ -8,7 +8,7 @@ import statistics
 import numpy as np
 import torch
 
-from duat.bench import check_targets, summarize
+from duat.bench import check_targets, latency_stats
 from duat.exercises.core import BadAnswer, Wrong, as_numbers, call, cases, compare, exercise
 from duat.widgets.explorer import SLOWDOWN_LIMIT, SPREAD_LIMIT, noise_reason
 
@@ -37,7 +37,7 @@ def spread(answer) -> str:
         seconds = [t / 1e3 for t in ms]
         case = f"case {i}: {n} timings"
         got = as_numbers(call(answer, list(seconds), case=case), 3, f"(median_ms, p25_ms, p75_ms) on {case}")
-        s = summarize(seconds)
+        s = latency_stats(seconds)
         expected = torch.tensor([s["median_ms"], s["p25_ms"], s["p75_ms"]], dtype=torch.float64)
         exclusive = statistics.quantiles(ms, n=4)       # statistics' default method
         compare(got, expected, case=case, what="(median_ms, p25_ms, p75_ms)", rtol=1e-9,
@@ -59,17 +59,17 @@ def spread(answer) -> str:
     return "6 unseen sets of timings"
 
 
-def _record(implementation: str, seconds: list[float]) -> dict:
+def _case_record(implementation: str, seconds: list[float]) -> dict:
     """A benchmark record of one case (batch 1, 12 layers), as duat.bench writes it."""
     return dict(implementation=implementation, variant="eager", batch=1, layers=12, dim=192,
-                tokens=65, **summarize(seconds))
+                tokens=65, **latency_stats(seconds))
 
 
 def _kit_ratio(serial_ms: list[float], parallel_ms: list[float]) -> dict:
     """The speed-up the benchmark's target reports (duat.bench.check_targets)."""
     results = {"environment": {"device": "cpu"},
-               "records": [_record("vit", [t / 1e3 for t in serial_ms]),
-                           _record("pf-batched", [t / 1e3 for t in parallel_ms])]}
+               "records": [_case_record("vit", [t / 1e3 for t in serial_ms]),
+                           _case_record("pf-batched", [t / 1e3 for t in parallel_ms])]}
     (target,) = [c for c in check_targets(results) if "serial ViT" in c["target"]]
     return target
 
@@ -87,7 +87,7 @@ def speed_ratio(answer) -> str:
                          f"(ratio, low, high) on {case}")
         kit = _kit_ratio(serial, parallel)
         expected = torch.tensor([kit["value"], kit["low"], kit["high"]], dtype=torch.float64)
-        s, p = summarize([t / 1e3 for t in serial]), summarize([t / 1e3 for t in parallel])
+        s, p = latency_stats([t / 1e3 for t in serial]), latency_stats([t / 1e3 for t in parallel])
         compare(got, expected, case=case, what="(ratio, low, high)", rtol=1e-9, atol=1e-12,
                 mistakes=[
                     (1 / expected[[0, 2, 1]], "upside down: the speed-up is serial / parallel "

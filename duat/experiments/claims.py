@@ -21,11 +21,10 @@ from pathlib import Path
 
 from duat.bench import across_ranks
 from duat.bench.regime import regime_grid
-from duat.bench.report import is_quick, list_runs, load_results as load_bench
-from duat.experiments import finetune, progressive
+from duat.bench.report import is_quick, list_runs, load_benchmark as load_bench
 from duat.experiments.composition_claims import composition_claim
 from duat.experiments.decode_claims import decode_claim, is_decode
-from duat.experiments.sweeps import load_results as load_sweep
+from duat.experiments.catalog import load_results
 from duat.experiments.runs import stats
 from duat.experiments.twins import twin_differences
 from duat.experiments.verdicts import (DOES_NOT, HOLDS, NOT_TESTED, PARTLY, THRESHOLDS, Claim,
@@ -451,7 +450,7 @@ def progressive_claims(res: dict | None) -> list[Claim]:
 
 def bench_runs() -> dict[str, dict]:
     """The committed `duat bench` runs (local quick runs, which are not committed, left out)."""
-    return {f.name: res for f in list_runs(committed("bench")) if not is_quick(res := load_bench(f), f)}
+    return {f.name: res for f in list_runs(committed("bench")) if not is_quick(res := load_bench(f))}
 
 
 def branch_runs() -> dict[str, dict]:
@@ -461,15 +460,15 @@ def branch_runs() -> dict[str, dict]:
 
 def claims_table() -> list[Claim]:
     """Every claim, its measurement from the committed results, and its verdict."""
-    sweeps = {name: _load(load_sweep, name) for name in SWEEPS}
+    sweeps = {name: _load(load_results, name) for name in SWEEPS}
     benches, branches = bench_runs(), branch_runs()
     return [*theory_claims([r for r in sweeps.values() if r], list(benches.values())),
             *width_claims(sweeps["accuracy-vs-width"]), *depth_claims(sweeps["accuracy-vs-depth"]),
             *((decode_claim if is_decode(r) else latency_claim)(r, k) for k, r in sorted(benches.items())),
             *(single_device_claim(r, k) for k, r in sorted(branches.items()) if r["processes"] == 1),
             *scale_claims(sweeps["data-scale"]), *diversity_claims(sweeps["data-diversity"]),
-            *finetune_claims(_load(finetune.load_results)),
-            *progressive_claims(_load(progressive.load_results)),
+            *finetune_claims(_load(load_results, "finetune")),
+            *progressive_claims(_load(load_results, "progressive")),
             *device_claims(branches), composition_claim()]
 
 

@@ -38,9 +38,8 @@ import matplotlib.pyplot as plt
 from duat.checks import whole
 from duat.experiments.plots import label
 from duat.experiments.verdicts import THRESHOLDS
-from duat.experiments.runs import (Progress, default_output_dir, kept_on_stop, spec_for, stats,
-                                   write_results)
-from duat.experiments.runs import load_results as _load_results
+from duat.experiments.runs import (Experiment, Progress, default_output_dir, kept_on_stop, spec_for,
+                                   stats)
 from duat.language import ParaFormerLM, generate
 from duat.registry import create_model, parse_name
 from duat.runtime import environment_info, seed_everything, select_device
@@ -184,10 +183,10 @@ def trained(s: CompositionSpec, run: dict, progress: bool = False) -> tuple[Para
 
 # ----------------------------------------------------------------------------- the experiment
 
-def run_experiment(profile: str = "quick", *, out: str | Path | None = None, overwrite: bool = False,
-                   resume: bool = False, write: bool = True, progress: bool = True,
-                   log: Callable[[str], None] | None = print,
-                   limit: Callable[[dict], bool] | None = None, **overrides) -> dict:
+def run_composition(profile: str = "quick", *, out: str | Path | None = None, overwrite: bool = False,
+                    resume: bool = False, write: bool = True, progress: bool = True,
+                    log: Callable[[str], None] | None = print,
+                    limit: Callable[[dict], bool] | None = None, **overrides) -> dict:
     """Train every run (or those `limit(run)` keeps) and return, and by default write, the
     results; `overrides` replace fields of the profile (seeds, device, threads, workers, ...).
     The records so far are kept in partial.json after every run; resume=True continues."""
@@ -223,13 +222,10 @@ def run_experiment(profile: str = "quick", *, out: str | Path | None = None, ove
     records = [done[run_key(r)] for r in runs]
     results = {"experiment": NAME, "kind": NAME, "title": "What parallel layers cannot compose",
                "profile": profile, "spec": s.record(), "environment": env, "device": str(device),
-               "wall_time_s": time.perf_counter() - t_start, "summary": summarize(records),
+               "wall_time_s": time.perf_counter() - t_start, "summary": task_summary(records),
                "records": records}
     if write:
-        tables = {"summary.csv": results["summary"],
-                  "runs.csv": [{k: v for k, v in r.items() if k != "sample"} for r in records]}
-        write_results(results, out_dir, tables, {"accuracy.png": plot_results}, float_format=".4f",
-                      bbox_inches="tight")
+        COMPOSITION.write(results, out_dir)
         finish_partial(out_dir)
         results["out"] = str(out_dir)
     return results
@@ -252,7 +248,7 @@ def _train_all(s: CompositionSpec, todo: list[dict]):
             raise
 
 
-def summarize(records: Sequence[dict]) -> list[dict]:
+def task_summary(records: Sequence[dict]) -> list[dict]:
     """Per task, length and model: held-out accuracy (bits per character for the text) over
     the seeds, with mean, sd, min, max and n."""
     groups: dict[tuple, list[dict]] = {}
@@ -308,7 +304,8 @@ def prediction(results: dict) -> list[dict]:
     return rows
 
 
-def format_summary(results: dict) -> str:
+def format_composition(results: dict) -> str:
+    """The summary as a plain-text table, then the prediction's verdict per composed task."""
     lines = [f"{'task':9s} {'T':>4s} {'model':18s} {'params':>8s}  held-out accuracy (mean ± sd, n)"]
     for r in results["summary"]:
         unit = " bits/char" if r["task"] == "text" else ""
@@ -328,7 +325,7 @@ def controls(results: dict) -> list[dict]:
             if r["task"] not in (*COMPOSED, "text") and r["mean"] < THRESHOLDS["solved"]]
 
 
-def plot_results(results: dict):
+def plot_accuracy(results: dict):
     """One panel per task: held-out accuracy per model (bars: mean; dots: seeds), one group
     of bars per sequence length; the text's bits per character in the last panel."""
     tasks = list(dict.fromkeys(r["task"] for r in results["summary"]))
@@ -363,12 +360,7 @@ def plot_results(results: dict):
     return fig
 
 
-def load_results(name_or_path: str | Path = NAME) -> dict:
-    """The committed quick results (by name), or a results.json / its folder."""
-    return _load_results(name_or_path, (NAME,), keys=("summary", "records", "spec"))
-
-
-def compare_results(results: dict, reference: dict) -> list[dict]:
+def compare_composition(results: dict, reference: dict) -> list[dict]:
     """The new means against the reference's, per task, length and model: within when the
     difference is at most max(2 sd of the reference, 0.02)."""
     ref = {(r["task"], r["length"], r["model"]): r for r in reference["summary"]}
@@ -382,3 +374,16 @@ def compare_results(results: dict, reference: dict) -> list[dict]:
                      "reference": old["mean"], "new": r["mean"], "difference": r["mean"] - old["mean"],
                      "tolerance": tolerance, "within": abs(r["mean"] - old["mean"]) <= tolerance})
     return rows
+
+
+def _tables(results: dict) -> dict:
+    """summary.csv and runs.csv (every record but its text sample), floats to 4 decimals."""
+    return {"summary.csv": results["summary"],
+            "runs.csv": [{k: v for k, v in r.items() if k != "sample"} for r in results["records"]]}
+
+
+COMPOSITION = Experiment(
+    NAME, "What parallel layers cannot compose: induction, associative recall, a control and "
+    "text, at equal parameters (duat.experiments.composition)", run_composition, _tables,
+    {"accuracy.png": plot_accuracy}, ("summary", "records", "spec"), format_composition,
+    compare=compare_composition, float_format=".4f", savefig={"bbox_inches": "tight"})

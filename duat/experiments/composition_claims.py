@@ -8,6 +8,7 @@ Para-Former-1-n stays below? (composition.prediction holds the rule for one case
 from __future__ import annotations
 
 from duat.experiments import composition
+from duat.experiments.catalog import load_results
 from duat.experiments.plots import label
 from duat.experiments.verdicts import (DOES_NOT, HOLDS, NOT_TESTED, PARTLY, Claim, device_label,
                                       missing)
@@ -23,7 +24,7 @@ def composition_claim(results: dict | None = None) -> Claim:
     """Rule G on composition results (default: the committed ones; none: not tested here)."""
     if results is None:
         try:
-            results = composition.load_results()
+            results = load_results(composition.NAME)
         except FileNotFoundError:
             results = None
     if results is None:

@@ -30,9 +30,10 @@ The experiment, for each target dataset:
 Quick profile: k = 5, 10, 20, layouts vit-4 / pf-2-2 / pf-1-4, 5 seeds, one CPU thread:
 90 fine-tuning runs, a few minutes on a laptop CPU, fully offline.
 
-    run_experiment("quick")      # into finetune/ of duat.locations.output_dir(): results.json,
+    run_finetune("quick")        # into finetune/ of duat.locations.output_dir(): results.json,
                                  # results.csv (summary), runs.csv, finetune_curves.png,
-                                 # carry_over.png; load_results() reads the committed ones
+                                 # carry_over.png; load_results("finetune") of
+                                 # duat.experiments reads the committed ones
     duat reproduce finetune --quick          # the same from the command line
 """
 from __future__ import annotations
@@ -46,20 +47,18 @@ from pathlib import Path
 import torch
 
 from duat.checks import whole, wholes
-from duat.convert import ASSIGNMENTS, load_state_dict_checked
+from duat.convert import ASSIGNMENTS
 from duat.data import dataset_info, load_data
 from duat.experiments.plots import (format_carry_over, format_table, layout_order, plot_carry_over,
                                     plot_curves)
-from duat.experiments.runs import (default_output_dir as experiment_dir, kept_on_stop,
-                                   load_results as _load_results, spec_for, stats, stderr,
-                                   write_results as _write_results)
+from duat.experiments.runs import (Experiment, default_output_dir as experiment_dir, kept_on_stop,
+                                   spec_for, stats, stderr)
 from duat.paraformer import ParaFormer
 from duat.registry import create_model, parse_name
 from duat.runtime import environment_info, seed_everything, select_device
 from duat.runtime import threads as using_threads
-from duat.storage import PARTIAL  # noqa: F401 - an unfinished run's records (see --resume)
-from duat.storage import (UnreadableFileError, atomic_torch_save, finish_partial, load_tensors,
-                          open_run_dir, save_partial)
+from duat.storage import (UnreadableFileError, atomic_torch_save, finish_partial,
+                          load_state_dict_checked, load_tensors, open_run_dir, save_partial)
 from duat.training.engine import TrainConfig, evaluate, fit
 from duat.training.tuning import fine_tune, paraformer_in, steps_to_epochs, train_head
 from duat.transfer import ResizeInput, load_source, plan, transfer
@@ -356,9 +355,10 @@ def run_grid(source, spec: FinetuneSpec, dataset: str, progress: bool = False,
     return records
 
 
-def summarize(records: list[dict]) -> list[dict]:
+def paired_summary(records: list[dict]) -> list[dict]:
     """One row per (dataset, layout, per_class): test accuracy of both inits over seeds
-    (mean, sample std, min, max), the head-only probe, and the paired gain."""
+    (mean, sample std, min, max), the head-only probe, and the gain pretrained - scratch
+    paired by seed."""
     keys = sorted({(r["dataset"], r["layout"], r["per_class"]) for r in records},
                   key=lambda t: (t[0], layout_order(t[1]), t[2]))
     rows = []
@@ -396,7 +396,7 @@ PARTIAL_SOURCE = "partial_source.pt"  # an unfinished run's pre-trained source: 
 
 
 def _load_partial_source(path: Path) -> dict:
-    """{"state_dict": tensors, "info": plain data} as run_experiment keeps it (no pickle runs)."""
+    """{"state_dict": tensors, "info": plain data} as run_finetune keeps it (no pickle runs)."""
     what = ("finetune source (the one an interrupted `duat reproduce finetune` keeps; "
             "--overwrite starts afresh)")
     trained = load_tensors(path, what)
@@ -406,8 +406,8 @@ def _load_partial_source(path: Path) -> dict:
     return trained
 
 
-def run_experiment(profile: str = "quick", out: str | Path | None = None, overwrite: bool = False,
-                   seeds=None, progress: bool = True, resume: bool = False, **overrides) -> dict:
+def run_finetune(profile: str = "quick", *, out: str | Path | None = None, overwrite: bool = False,
+                 resume: bool = False, progress: bool = True, **overrides) -> dict:
     """Run the experiment and write results.json, results.csv (the summary), runs.csv (every
     run), finetune_curves.png and carry_over.png into `out` (default: default_output_dir, i.e.
     finetune/ for the quick profile, finetune-full/ for the full one; an earlier run's folder is
@@ -415,7 +415,9 @@ def run_experiment(profile: str = "quick", out: str | Path | None = None, overwr
 
     The runs made so far are kept in `<out>/partial.json` after every run (and a pre-trained
     source in partial_source.pt); `resume=True` (CLI: --resume) continues an interrupted run."""
-    spec = make_spec(profile, seeds=tuple(seeds) if seeds is not None else None, **overrides)
+    if overrides.get("seeds") is not None:
+        overrides["seeds"] = tuple(overrides["seeds"])
+    spec = make_spec(profile, **overrides)
     identity = {"experiment": EXPERIMENT, "spec": asdict(spec)}
     out_dir, saved = open_run_dir(default_output_dir(spec.profile) if out is None else out,
                                   identity, overwrite=overwrite, resume=resume,
@@ -452,32 +454,23 @@ def run_experiment(profile: str = "quick", out: str | Path | None = None, overwr
                 print(format_carry_over([r for r in carry if r["dataset"] == dataset]), flush=True)
             runs += run_grid(source, spec, dataset, progress=progress, done=done, on_record=keep)
         environment = environment_info()                      # with the threads used
-    summary = summarize(runs)
+    summary = paired_summary(runs)
     results = {"experiment": EXPERIMENT, "profile": spec.profile, "spec": asdict(spec),
                "source": source_info, "carry_over": carry, "summary": summary, "runs": runs,
                "wall_time_s": time.perf_counter() - t0, "environment": environment}
-    write_results(results, out_dir)
+    FINETUNE.write(results, out_dir)
     finish_partial(out_dir, PARTIAL_SOURCE)  # complete: results.json holds it all
-    if progress:
-        print(format_table(summary))
-        print(f"wrote {out_dir} in {results['wall_time_s']:.0f} s", flush=True)
+    results["out"] = str(out_dir)
     return results
 
 
-def write_results(results: dict, out_dir: str | Path) -> None:
-    """results.csv (the summary) and runs.csv (floats to 6 significant digits), the two
-    figures, then results.json."""
-    _write_results(results, out_dir, {"results.csv": results["summary"], "runs.csv": results["runs"]},
-                   {"finetune_curves.png": plot_curves, "carry_over.png": plot_carry_over},
-                   float_format=".6g")
+def _tables(results: dict) -> dict:
+    """results.csv (the summary) and runs.csv (floats to 6 significant digits)."""
+    return {"results.csv": results["summary"], "runs.csv": results["runs"]}
 
 
-def load_results(path: str | Path | None = None) -> dict:
-    """results.json of an earlier run (a folder or the file itself; default: the committed
-    quick-profile results that ship with the kit, duat/results/finetune/, or
-    $DUAT_RESULTS/finetune/: see duat.locations.committed)."""
-    if path is None:
-        return _load_results(EXPERIMENT, names=(EXPERIMENT,), keys=RESULT_KEYS)
-    return _load_results(path, hint="run `duat reproduce finetune --quick` (or "
-                                    "duat.experiments.finetune.run_experiment) first",
-                         keys=RESULT_KEYS)
+FINETUNE = Experiment(
+    EXPERIMENT, "Pre-trained serial ViT into Para-Former-m-n vs scratch, limited data "
+    "(duat.experiments.finetune)", run_finetune, _tables,
+    {"finetune_curves.png": plot_curves, "carry_over.png": plot_carry_over}, RESULT_KEYS,
+    lambda results: format_table(results["summary"]), float_format=".6g")

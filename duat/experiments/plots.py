@@ -2,7 +2,7 @@
 seeds with +-1 sd bars, seeds as dots) and of the fine-tuning experiment (accuracy against
 examples per class; what each layout keeps of the serial source), and the plain-text tables
 both print. Each figure function takes a results dict and returns a matplotlib figure;
-duat.experiments.runs.write_results saves and closes it.
+duat.experiments.runs.Experiment.write saves and closes it.
 """
 from __future__ import annotations
 
@@ -222,8 +222,8 @@ def plot_carry_over(results: dict):
 
 # ----------------------------------------------------------------------------- tables
 
-def format_summary(results: dict, metric: str = "test_acc") -> str:
-    """A plain-text table: one line per configuration, mean +- sd over seeds."""
+def format_sweep(results: dict, metric: str = "test_acc") -> str:
+    """A sweep's plain-text table: one line per configuration, mean +- sd over seeds."""
     lines = []
     for r in results["summary"]:
         variant = []

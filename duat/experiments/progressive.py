@@ -36,14 +36,14 @@ from typing import Callable
 import torch
 
 from duat import data
-from duat.bench.timing import summarize as timing_summary, time_calls
+from duat.bench.timing import latency_stats, time_calls
 from duat.surgery import expand, keep_branches, old_task_rows
 from duat.checks import whole, wholes
 from duat.counting import count_parameters
 from duat.experiments.plots import (forgetting_rows, plot_compression, plot_forgetting,
                                    plot_prefix_curves)
-from duat.experiments.runs import (Progress, default_output_dir, kept_on_stop, spec_for, stats,
-                                   load_results as _load_results, write_results as _write_results)
+from duat.experiments.runs import (Experiment, Progress, default_output_dir, kept_on_stop, spec_for,
+                                   stats)
 from duat.registry import create_model
 from duat.runtime import environment_info, seed_everything, select_device
 from duat.runtime import threads as using_threads
@@ -177,7 +177,7 @@ def _latency(model, x, calls: int, device) -> dict:
     with torch.inference_mode():
         for _ in range(5):
             model(x)
-        return timing_summary(time_calls(lambda: model(x), calls, device))
+        return latency_stats(time_calls(lambda: model(x), calls, device))
 
 
 # ----------------------------------------------------------------------------- the units
@@ -285,8 +285,9 @@ def _logits(model, loader, branches: int | None = None) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- summaries
 
-def summarize(results: dict) -> dict:
-    """Means and sample standard deviations over seeds of what the notebook reads."""
+def progressive_summary(results: dict) -> dict:
+    """Means and sample standard deviations over seeds of what the notebook reads: each
+    schedule's prefix accuracies, each compression, the expansion's task accuracies."""
     out: dict = {"schedules": [], "compression": [], "expansion": {}, "best_ratio_within_1pt": {}}
     for name in SCHEDULES:
         runs = [r for r in results["schedules"] if r["schedule"] == name]
@@ -334,13 +335,15 @@ def summarize(results: dict) -> dict:
 
 # ----------------------------------------------------------------------------- running
 
-def run_experiment(profile: str = "quick", out: str | Path | None = None, overwrite: bool = False,
-                   seeds=None, progress: bool = True, resume: bool = False,
-                   log: Callable[[str], None] | None = print, **overrides) -> dict:
+def run_progressive(profile: str = "quick", *, out: str | Path | None = None,
+                    overwrite: bool = False, resume: bool = False, progress: bool = True,
+                    log: Callable[[str], None] | None = print, **overrides) -> dict:
     """Run every unit (resumable: each finished unit is kept in `<out>/partial.json`) and
     write the results into `out` (default: progressive/ or progressive-full/ of
     duat.locations.output_dir(); an earlier run is refused unless overwrite=True)."""
-    spec = make_spec(profile, seeds=tuple(seeds) if seeds is not None else None, **overrides)
+    if overrides.get("seeds") is not None:
+        overrides["seeds"] = tuple(overrides["seeds"])
+    spec = make_spec(profile, **overrides)
     device = select_device(spec.device)
     identity = {"experiment": EXPERIMENT, "spec": asdict(spec)}
     out_dir, saved = open_run_dir(default_output_dir(EXPERIMENT, spec.profile) if out is None
@@ -399,8 +402,8 @@ def run_experiment(profile: str = "quick", out: str | Path | None = None, overwr
         # this session's time; a resumed run adds the earlier sessions' units' own times
         "wall_time_s": time.perf_counter() - t0,
     }
-    results["summary"] = summarize(results)
-    write_results(results, out_dir)
+    results["summary"] = progressive_summary(results)
+    PROGRESSIVE.write(results, out_dir)
     finish_partial(out_dir)
     results["out"] = str(out_dir)
     return results
@@ -412,27 +415,14 @@ def _schedule_rows(results: dict) -> list[dict]:
             for r in results["schedules"] for h in r["history"]]
 
 
-def write_results(results: dict, out_dir: str | Path) -> None:
-    """The CSV tables, the three figures, then results.json."""
-    _write_results(results, out_dir,
-                   {"schedules.csv": _schedule_rows(results),
-                    "compression.csv": [{k: v for k, v in r.items() if k not in ("kept", "scores")}
-                                        for r in results["compression"]],
-                    "latency.csv": results["latency"],
-                    "expansion.csv": forgetting_rows(results),
-                    "summary.csv": results["summary"]["compression"]},
-                   {"prefix_curves.png": plot_prefix_curves, "compression.png": plot_compression,
-                    "forgetting.png": plot_forgetting},
-                   float_format=".6g", bbox_inches="tight")
-
-
-def load_results(path: str | Path | None = None) -> dict:
-    """results.json of a run (a folder or the file; default: the committed quick results,
-    duat/results/progressive/)."""
-    if path is None:
-        return _load_results(EXPERIMENT, names=(EXPERIMENT,), keys=RESULT_KEYS)
-    return _load_results(path, hint="run `duat reproduce progressive --quick` first",
-                         keys=RESULT_KEYS)
+def _tables(results: dict) -> dict:
+    """The CSV tables: schedules, compression, latency, expansion and the compression summary."""
+    return {"schedules.csv": _schedule_rows(results),
+            "compression.csv": [{k: v for k, v in r.items() if k not in ("kept", "scores")}
+                                for r in results["compression"]],
+            "latency.csv": results["latency"],
+            "expansion.csv": forgetting_rows(results),
+            "summary.csv": results["summary"]["compression"]}
 
 
 def format_report(results: dict) -> str:
@@ -465,3 +455,11 @@ def format_report(results: dict) -> str:
         if key in e:
             lines.append(f"  {text:30s} {e[key]['mean']:.3f}+-{e[key]['std']:.3f}")
     return "\n".join(lines)
+
+
+PROGRESSIVE = Experiment(
+    EXPERIMENT, "Prefix models under three schedules, compression by keeping branches, "
+    "expansion for a new task (duat.experiments.progressive)", run_progressive, _tables,
+    {"prefix_curves.png": plot_prefix_curves, "compression.png": plot_compression,
+     "forgetting.png": plot_forgetting}, RESULT_KEYS, format_report, float_format=".6g",
+    savefig={"bbox_inches": "tight"})

@@ -1,6 +1,7 @@
-"""What every experiment of `duat reproduce` shares: where its results go and are read
-from, the statistics over seeds, the progress lines, the one message an interrupted run
-leaves, and writing a finished run (CSV tables, figures, then results.json).
+"""What every experiment of `duat reproduce` shares: what an experiment is (`Experiment`:
+its name, how to run it, its tables and figures), where its results go, the statistics over
+seeds, the progress lines, the one message an interrupted run leaves, and writing a finished
+run (CSV tables, figures, then results.json).
 
 A run's folder is opened by duat.storage.open_run_dir (refusals, --resume), its records so
 far kept with save_partial after every run, and dropped by finish_partial once results.json
@@ -11,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -19,10 +20,42 @@ import torch
 from tqdm.auto import tqdm
 
 from duat.checks import real, whole
-from duat.locations import committed, output_dir
-from duat.storage import PARTIAL, atomic_write_json, read_results, write_csv, write_figure
+from duat.locations import output_dir
+from duat.storage import PARTIAL, atomic_write_json, write_csv, write_figure
 
 Say = Callable[[str], None]
+Rows = Sequence[dict]
+
+
+# ----------------------------------------------------------------------------- an experiment
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment of `duat reproduce`: what it is called, how it runs, and what a
+    finished run writes. duat.experiments.catalog holds them all."""
+
+    name: str
+    title: str                                          # one line, for `duat reproduce --list`
+    run: Callable[..., dict]                            # run(profile, **options) -> results
+    tables: Callable[[dict], Mapping[str, Rows]]        # results -> {CSV file name: rows}
+    figures: Mapping[str, Callable[[dict], object]]     # figure file name -> draw(results)
+    keys: tuple[str, ...]                               # what its results.json holds, at least
+    report: Callable[[dict], str]                       # the results as a plain-text table
+    compare: Callable[[dict, dict], list[dict]] | None = None   # (new, reference) -> rows
+    float_format: str | None = None                     # of the CSV tables' floats
+    savefig: Mapping = field(default_factory=dict)      # matplotlib savefig options
+    one_process: bool = True                            # False: runs data parallel under torchrun
+
+    def write(self, results: dict, out_dir: str | Path) -> None:
+        """A finished run's files in `out_dir`: each table as CSV (duat.storage.write_csv),
+        each figure (drawn from `results`, saved at dpi 120), and results.json last: its
+        presence marks a whole run."""
+        out_dir = Path(out_dir)
+        for file_name, rows in self.tables(results).items():
+            write_csv(out_dir / file_name, rows, float_format=self.float_format)
+        for file_name, draw in self.figures.items():
+            write_figure(draw(results), out_dir / file_name, **self.savefig)
+        atomic_write_json(out_dir / "results.json", results)
 
 
 # ----------------------------------------------------------------------------- folders
@@ -35,25 +68,9 @@ def results_folder(name: str, profile: str) -> str:
 def default_output_dir(name: str, profile: str) -> Path:
     """Where a new run of `name` in `profile` is written unless --out says otherwise
     (duat.locations.output_dir: duat/results/ in a checkout, ./results/ when installed,
-    $DUAT_RESULTS if set). To read the committed results, use load_results(name)."""
+    $DUAT_RESULTS if set). To read the committed results, use
+    duat.experiments.catalog.load_results(name)."""
     return output_dir(results_folder(name, profile))
-
-
-def load_results(name_or_path: str | Path, names: Sequence[str] = (), hint: str | None = None,
-                 keys: Sequence[str] = ()) -> dict:
-    """results.json of an experiment: by one of `names`, the committed quick results that
-    ship with the kit (or $DUAT_RESULTS/<name>, see duat.locations.committed); else a
-    results.json or the folder of one. A missing file is a FileNotFoundError that ends in how
-    to make it (`hint`, or: give a file, its folder, or one of `names`); one that is not a
-    JSON object holding `keys` is a duat.storage.UnreadableFileError."""
-    name = str(name_or_path)
-    if name in names:
-        path = committed(results_folder(name, "quick"))
-        hint = f"run `duat reproduce {name} --quick` first"
-    else:
-        path = Path(name_or_path)
-        hint = hint or f"give a results.json, its folder, or an experiment's name ({', '.join(names)})"
-    return read_results(path, hint, keys)
 
 
 # ----------------------------------------------------------------------------- specs
@@ -80,6 +97,24 @@ def stats(values: Sequence[float]) -> dict:
     mean = sum(values) / len(values)
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
     return {"mean": mean, "std": std, "min": min(values), "max": max(values), "n": len(values)}
+
+
+def seed_summary(records: Sequence[dict], keys: Sequence[str], metrics: Sequence[str],
+                 first: Sequence[str] = ()) -> list[dict]:
+    """One row per configuration (the values of `keys`, in the order first met): those
+    values, `seeds` (how many records), METRIC_mean, _std (sample), _min and _max of each
+    metric over them, then the `first` fields of the configuration's first record."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    rows = []
+    for key, group in groups.items():
+        row = {**dict(zip(keys, key)), "seeds": len(group)}
+        for m in metrics:
+            s = stats([r[m] for r in group])
+            row.update({f"{m}_{stat}": s[stat] for stat in ("mean", "std", "min", "max")})
+        rows.append({**row, **{f: group[0][f] for f in first}})
+    return rows
 
 
 def bootstrap_interval(values: Sequence[float], level: float = 0.95, resamples: int = 2000,
@@ -153,19 +188,3 @@ def kept_on_stop(name: str, out_dir: Path | None, kept: Callable[[], str | None]
             say(f"{name}: {why}; {count} runs are kept in {Path(out_dir) / PARTIAL}; "
                 f"continue with --resume (resume=True)")
         raise
-
-
-# ----------------------------------------------------------------------------- writing
-
-def write_results(results: dict, out_dir: str | Path, tables: Mapping[str, Sequence[dict]],
-                  figures: Mapping[str, Callable[[dict], object]], float_format: str | None = None,
-                  **savefig_kwargs) -> None:
-    """A finished run's files in `out_dir`: each table as CSV (duat.storage.write_csv, floats
-    in `float_format`), each figure (drawn from `results`, saved at dpi 120 with
-    `savefig_kwargs`), and results.json last: its presence marks a whole run."""
-    out_dir = Path(out_dir)
-    for file_name, rows in tables.items():
-        write_csv(out_dir / file_name, rows, float_format=float_format)
-    for file_name, draw in figures.items():
-        write_figure(draw(results), out_dir / file_name, **savefig_kwargs)
-    atomic_write_json(out_dir / "results.json", results)

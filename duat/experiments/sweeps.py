@@ -1,8 +1,10 @@
 """The paper's accuracy sweeps as data (docs/method.md section 5, claims 1 and 3), and
-`run_experiment` to train them.
+`run_sweep` to train them.
 
-Each experiment is a registry entry, not notebook code: a list of models, a list of data
+Each sweep is a `Sweep` in SWEEPS, not notebook code: a list of models, a list of data
 variants (subsets), seeds and a training budget, for two profiles (see duat.experiments).
+A run's settings are a `SweepSpec`: the sweep, its profile's plan with any overrides, and
+where the data comes from.
 Every run trains from scratch with its own seed (model init, data order and subset), and is
 scored on the fixed test split after its last epoch (no early stopping, no selection on the
 test set). A run writes results.json (every run's record: config, seed, device, versions,
@@ -14,17 +16,17 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from duat import data
 from duat.checks import whole, wholes
 from duat.distributed.process import Context
-from duat.experiments.plots import plot_sweep
-from duat.experiments.runs import (Progress, default_output_dir, kept_on_stop, stats,
-                                   load_results as _load_results, write_results as _write_results)
+from duat.experiments.plots import format_sweep, plot_sweep
+from duat.experiments.runs import Experiment, Progress, default_output_dir, kept_on_stop, seed_summary
 from duat.registry import create_model, parse_name
 from duat.runtime import environment_info, profile as check_profile, seed_everything, select_device
 from duat.runtime import threads as using_threads
@@ -61,7 +63,9 @@ class Plan:
 
 
 @dataclass(frozen=True)
-class Experiment:
+class Sweep:
+    """One of the paper's accuracy sweeps: its plans for the two profiles."""
+
     name: str
     title: str
     question: str        # the paper's claim it tests (docs/method.md section 5)
@@ -96,15 +100,15 @@ FRACTIONS = (0.1, 0.25, 0.5, 1.0)
 SCALE_WIDTHS = (1, 4, 12)   # data scale and diversity: Para-Former-1-n and its serial twin ViT-n
 CLASS_COUNTS = (2, 5, 10)
 
-EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
-    Experiment(
+SWEEPS: dict[str, Sweep] = {e.name: e for e in [
+    Sweep(
         "accuracy-vs-width",
         "Accuracy against n: Para-Former-1-n next to ViT-n (same parameter count)",
         "docs/method.md 5.1: more parallel layers generally improve accuracy (Para-Former-1-n)",
         "width",
         quick=Plan(models=_width_models(WIDTHS), epochs=8, **_QUICK),
         full=Plan(models=_width_models(WIDTHS), epochs=100, **_FULL)),
-    Experiment(
+    Sweep(
         "accuracy-vs-depth",
         "Accuracy of Para-Former-m-n against m and n, next to ViT-(m*n)",
         "docs/method.md 5.1: more parallel layers generally improve accuracy (Para-Former-m-n)",
@@ -112,7 +116,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
         quick=Plan(models=_grid_models(GRID_M, GRID_N), epochs=8, seeds=(0, 1), **{
             k: v for k, v in _QUICK.items() if k != "seeds"}),
         full=Plan(models=_grid_models((1, 2, 3, 4), (1, 2, 4)), epochs=100, **_FULL)),
-    Experiment(
+    Sweep(
         "data-scale",
         "Accuracy against the share of the training set (10 % to 100 %): Para-Former-1-n next to "
         "ViT-n (same parameters and FLOPs), n = 1, 4 and 12",
@@ -122,7 +126,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
                    variants=tuple({"fraction": f} for f in FRACTIONS), steps=300, **_QUICK),
         full=Plan(models=_width_models(SCALE_WIDTHS),
                   variants=tuple({"fraction": f} for f in FRACTIONS), steps=40000, **_FULL)),
-    Experiment(
+    Sweep(
         "data-diversity",
         "Accuracy against the number of classes (2, 5, 10) at the same number of training images: "
         "Para-Former-1-n next to ViT-n (same parameters and FLOPs), n = 1, 4 and 12",
@@ -137,34 +141,55 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
 ]}
 
 
-def list_experiments() -> list[str]:
-    return list(EXPERIMENTS)
+def get_sweep(name: str) -> Sweep:
+    if not isinstance(name, str) or name not in SWEEPS:
+        raise ValueError(f"unknown experiment {name!r}; known experiments: {', '.join(SWEEPS)}")
+    return SWEEPS[name]
 
 
-def get_experiment(name: str) -> Experiment:
-    if not isinstance(name, str) or name not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {name!r}; known experiments: {', '.join(EXPERIMENTS)}")
-    return EXPERIMENTS[name]
+@dataclass(frozen=True)
+class SweepSpec:
+    """One run of a sweep: which, in which profile, what it trains (the profile's plan with
+    any overrides) and where its data comes from."""
+
+    name: str
+    profile: str
+    plan: Plan
+    data_root: str | None = None
+    download: bool = True
+
+
+def sweep_spec(name: str, profile: str = "quick", *, seeds: Sequence[int] | None = None,
+               device: str | None = None, threads: int | None = None, data_root: str | None = None,
+               download: bool | None = None) -> SweepSpec:
+    """The spec of sweep `name` in `profile`; seeds / device / threads override the plan's
+    (each checked), None keeps it."""
+    plan = get_sweep(name).plan(profile)
+    if seeds is not None:
+        plan = replace(plan, seeds=wholes("seeds", seeds, minimum=0))
+    if device is not None:
+        plan = replace(plan, device=device)
+    if threads is not None:
+        plan = replace(plan, threads=whole("threads", threads))
+    return SweepSpec(name, check_profile(profile), plan, data_root, True if download is None else download)
 
 
 # ----------------------------------------------------------------------------- running
 
 GROUP_KEYS = ("model", "depth", "width", "layers", "params", "fraction", "per_class", "num_classes")
+METRICS = ("test_acc", "test_acc_above_chance")
 
 
-def run_experiment(name: str, profile: str = "quick", *, out: str | Path | None = None,
-                   overwrite: bool = False, seeds: Sequence[int] | None = None,
-                   device: str | None = None, threads: int | None = None,
-                   data_root: str | None = None, download: bool = True,
-                   progress: bool = True, write: bool = True,
-                   log: Callable[[str], None] | None = print,
-                   limit: Callable[[dict], bool] | None = None, resume: bool = False,
-                   distributed: Context | None = None) -> dict:
-    """Train every run of an experiment and return (and by default write) its results.
+def run_sweep(name: str, profile: str = "quick", *, out: str | Path | None = None,
+              overwrite: bool = False, resume: bool = False, write: bool = True,
+              progress: bool = True, log: Callable[[str], None] | None = print,
+              limit: Callable[[dict], bool] | None = None, distributed: Context | None = None,
+              **overrides) -> dict:
+    """Train every run of sweep `name` and return (and by default write) its results.
 
-    seeds / device / threads override the profile's. `limit(run)` may select a slice of
-    the runs (a dict with model, variant, seed), e.g. for a notebook's live re-run.
-    With write=False nothing is written (out and overwrite are ignored).
+    `overrides` (seeds, device, threads, data_root, download) go to sweep_spec. `limit(run)`
+    may select a slice of the runs (a dict with model, variant, seed), e.g. for a notebook's
+    live re-run. With write=False nothing is written (out and overwrite are ignored).
 
     While it runs, the records so far are kept in `<out>/partial.json` after every run, so
     an interrupted sweep (Ctrl-C, a crash, a closed laptop) loses at most the run in
@@ -174,44 +199,59 @@ def run_experiment(name: str, profile: str = "quick", *, out: str | Path | None 
     over the processes (fit's DDP), one run after another; rank 0 alone writes and reports,
     and every rank returns the same results.
     """
-    experiment = get_experiment(name)
-    profile = check_profile(profile)
     ctx = distributed if distributed is not None and distributed.world > 1 else None
-    plan = _plan_with(experiment.plan(profile), seeds, str(ctx.device) if ctx else device, threads)
+    if ctx is not None:
+        overrides["device"] = str(ctx.device)
+    spec = sweep_spec(name, profile, **overrides)
+    sweep, plan = get_sweep(name), spec.plan
     torch_device = select_device(plan.device)
-    identity = {"experiment": name, "profile": profile, "plan": _plan_record(plan)}
+    identity = {"experiment": name, "profile": spec.profile, "plan": _plan_record(plan)}
+    folder = Path(out) if out is not None else default_output_dir(name, spec.profile)
+    if resume and limit is not None:
+        raise ValueError("resume continues a whole sweep; it cannot be combined with limit")
     out_dir, done = None, {}                            # done: run key -> record
     if write and ctx is None:
-        out_dir, done = _open_folder(name, profile, identity, out, overwrite, resume, limit)
+        out_dir, done = _open_folder(folder, identity, overwrite, resume)
     elif write:  # rank 0 opens (or refuses) the folder; the others read what it holds
-        opened = ctx.agree(lambda: _open_folder(name, profile, identity, out, overwrite, resume, limit))
-        out_dir, done = opened if ctx.main else _read_folder(name, profile, out, resume)
+        opened = ctx.agree(lambda: _open_folder(folder, identity, overwrite, resume))
+        out_dir, done = opened if ctx.main else _read_folder(folder, resume)
     if ctx is not None and not ctx.main:
         progress, log = False, None
     runs = _select_runs(plan, limit)
-
-    def keep(key: str, record: dict) -> None:           # the sweep so far, safe on disk
-        done[key] = record
-        if ctx is None or ctx.main:
-            save_partial(out_dir, identity, done=done)
+    kept = lambda: f"{len(done)} of {len(runs)}" if done else None  # noqa: E731
 
     t_start = time.perf_counter()
     with using_threads(plan.threads):
         env = environment_info()  # after the thread count is set: it records the threads used
-        with Progress(len(runs), name, progress, log) as report:
-            records = _train_all(name, profile, plan, runs, done, torch_device, env, report,
-                                 keep=keep if write else None, out_dir=out_dir, log=log,
-                                 data_root=data_root, download=download, distributed=ctx)
+        versions = {k: env[k] for k in ("duat", "python", "torch", "torchvision", "numpy", "platform")}
+        with Progress(len(runs), name, progress, log) as report, \
+                kept_on_stop(name, out_dir, kept, log):
+            if done:
+                report.say(f"resuming: {len(done)} of {len(runs)} runs already done")
+                report.advance(len(done))
+            cache: dict = {}
+            for i, run in enumerate(runs, 1):
+                if _run_key(run) in done:
+                    continue
+                record = _train_one(spec, run, _splits(cache, spec, run), torch_device, versions, ctx)
+                done[_run_key(run)] = record
+                if write and (ctx is None or ctx.main):
+                    save_partial(out_dir, identity, done=done)   # the sweep so far, safe on disk
+                report.say(f"[{i}/{len(runs)}] {run['model']:8s} seed {run['seed']} "
+                           f"{_variant_label(run['variant']):22s} "
+                           f"test acc {record['test_acc']:.4f}  ({record['wall_time_s']:.1f} s)")
+                report.advance()
+    records = list(done.values())
     results = {
-        "experiment": name, "title": experiment.title, "question": experiment.question,
-        "x": experiment.x, "profile": profile, "plan": _plan_record(plan),
+        "experiment": name, "title": sweep.title, "question": sweep.question,
+        "x": sweep.x, "profile": spec.profile, "plan": _plan_record(plan),
         "environment": env, "device": str(torch_device),
         "wall_time_s": time.perf_counter() - t_start,
-        "summary": summarize(records), "records": records,
+        "summary": sweep_summary(records), "records": records,
     }
     if write:
         if ctx is None or ctx.main:
-            write_results(results, out_dir)
+            _experiment(sweep).write(results, out_dir)
             finish_partial(out_dir)  # complete: results.json holds it all
         results["out"] = str(out_dir)
     if ctx is not None:
@@ -219,38 +259,21 @@ def run_experiment(name: str, profile: str = "quick", *, out: str | Path | None 
     return results
 
 
-def _plan_with(plan: Plan, seeds: Sequence[int] | None, device: str | None,
-               threads: int | None) -> Plan:
-    """The profile's plan with the caller's overrides, each checked."""
-    if seeds is not None:
-        plan = replace(plan, seeds=wholes("seeds", seeds, minimum=0))
-    if device is not None:
-        plan = replace(plan, device=device)
-    if threads is not None:
-        plan = replace(plan, threads=whole("threads", threads))
-    return plan
-
-
 def _plan_record(plan: Plan) -> dict:
     return {**asdict(plan), "variants": list(plan.variants)}
 
 
-def _open_folder(name: str, profile: str, identity: dict, out, overwrite: bool, resume: bool,
-                 limit) -> tuple[Path, dict]:
+def _open_folder(folder: Path, identity: dict, overwrite: bool, resume: bool) -> tuple[Path, dict]:
     """The run folder (refusals before any training) and the records of the runs done."""
-    if resume and limit is not None:
-        raise ValueError("resume continues a whole sweep; it cannot be combined with limit")
-    out_dir, saved = open_run_dir(Path(out) if out is not None else default_output_dir(name, profile),
-                                  identity, overwrite=overwrite, resume=resume)
+    out_dir, saved = open_run_dir(folder, identity, overwrite=overwrite, resume=resume)
     return out_dir, (saved["done"] if saved else {})
 
 
-def _read_folder(name: str, profile: str, out, resume: bool) -> tuple[Path, dict]:
+def _read_folder(folder: Path, resume: bool) -> tuple[Path, dict]:
     """What rank 0's _open_folder found, read back by another rank (nothing is written)."""
-    path = Path(out) if out is not None else default_output_dir(name, profile)
     if not resume:
-        return path, {}
-    return path, json.loads((path / PARTIAL).read_text())["done"]
+        return folder, {}
+    return folder, json.loads((folder / PARTIAL).read_text())["done"]
 
 
 def _select_runs(plan: Plan, limit) -> list[dict]:
@@ -263,47 +286,21 @@ def _select_runs(plan: Plan, limit) -> list[dict]:
     return runs
 
 
-def _train_all(name: str, profile: str, plan: Plan, runs: list[dict], done: dict, device,
-               env: dict, report: Progress, *, keep, out_dir, log, data_root, download,
-               distributed: Context | None = None) -> list[dict]:
-    """Every run not done yet, in order; the records of all (done ones first)."""
-    versions = {k: env[k] for k in ("duat", "python", "torch", "torchvision", "numpy", "platform")}
-    records: list[dict] = list(done.values())
-    if records:
-        report.say(f"resuming: {len(records)} of {len(runs)} runs already done")
-        report.advance(len(records))
-    cache: dict[str, Any] = {}
-    kept = lambda: f"{len(records)} of {len(runs)}" if records else None  # noqa: E731
-    with kept_on_stop(name, out_dir, kept, log):
-        for i, r in enumerate(runs, 1):
-            if _run_key(r) in done:
-                continue
-            splits = _splits(cache, plan, r, data_root, download)
-            record = _train_one(name, profile, plan, r, splits, device, versions, distributed)
-            records.append(record)
-            if keep is not None:
-                keep(_run_key(r), record)
-            report.say(f"[{i}/{len(runs)}] {r['model']:8s} seed {r['seed']} "
-                       f"{_variant_label(r['variant']):22s} "
-                       f"test acc {record['test_acc']:.4f}  ({record['wall_time_s']:.1f} s)")
-            report.advance()
-    return records
-
-
-def _splits(cache: dict, plan: Plan, run: dict, data_root, download):
+def _splits(cache: dict, spec: SweepSpec, run: dict):
     """The run's data: one load per (variant, seed), the last one kept."""
     key = json.dumps([run["variant"], run["seed"]])
     if key not in cache:
         cache.clear()
-        cache[key] = data.load_data(plan.dataset, root=data_root, download=download,
+        cache[key] = data.load_data(spec.plan.dataset, root=spec.data_root, download=spec.download,
                                     seed=run["seed"], **run["variant"])
     return cache[key]
 
 
-def _train_one(name: str, profile: str, plan: Plan, run: dict, splits, device,
-               versions: dict, distributed: Context | None = None) -> dict:
-    """Train one model from scratch and score it: its record."""
-    seed = run["seed"]
+def _train_one(spec: SweepSpec, run: dict, splits, device, versions: dict,
+               distributed: Context | None = None) -> dict:
+    """Train one model from scratch and score it: its record (what was trained, on what,
+    how it scored, and where)."""
+    plan, seed = spec.plan, run["seed"]
     train_loader, val_loader, test_loader = splits.loaders(plan.batch_size, seed=seed)
     epochs = plan.epochs or math.ceil(plan.steps / len(train_loader))
     config = TrainConfig(epochs=epochs, lr=plan.lr, warmup_epochs=plan.warmup * epochs,
@@ -318,23 +315,16 @@ def _train_one(name: str, profile: str, plan: Plan, run: dict, splits, device,
     test = engine.evaluate(model, test_loader)
     val = engine.evaluate(model, val_loader)
     wall = time.perf_counter() - t0
-    return _record(name, profile, plan, run, splits, model, config, result, test, val, wall,
-                   device, versions)
-
-
-def _record(name, profile, plan, run, splits, model, config, result, test, val, wall, device,
-            versions) -> dict:
-    """One run's record: what was trained, on what, how it scored, and where."""
     depth, width = parse_name(run["model"])
     variant, k = run["variant"], splits.info.num_classes
     return {
-        "experiment": name, "profile": profile, "model": run["model"],
+        "experiment": spec.name, "profile": spec.profile, "model": run["model"],
         "depth": depth, "width": width, "layers": depth * width,
         "family": "vit" if width == 1 else "paraformer",
         "params": sum(p.numel() for p in model.parameters()),
         "dataset": plan.dataset, "fraction": variant.get("fraction", 1.0),
         "per_class": variant.get("per_class"), "num_classes": k,
-        "classes": splits.classes, "train_samples": len(splits.train), "seed": run["seed"],
+        "classes": splits.classes, "train_samples": len(splits.train), "seed": seed,
         "epochs": config.epochs, "steps": result.step, "batch_size": plan.batch_size,
         "lr": plan.lr,
         "test_acc": test["accuracy"], "test_loss": test["loss"],
@@ -361,24 +351,13 @@ def _variant_label(variant: dict) -> str:
 
 # ----------------------------------------------------------------------------- summaries
 
-def summarize(records: Sequence[dict], metrics: Sequence[str] = ("test_acc", "test_acc_above_chance")) -> list[dict]:
-    """One row per configuration: mean, sample std (over seeds), min, max of each metric."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in records:
-        groups.setdefault(tuple(r[k] for k in GROUP_KEYS), []).append(r)
-    rows = []
-    for key, rs in groups.items():
-        row = dict(zip(GROUP_KEYS, key))
-        row["seeds"] = len(rs)
-        for m in metrics:
-            s = stats([r[m] for r in rs])
-            row.update({f"{m}_{stat}": s[stat] for stat in ("mean", "std", "min", "max")})
-        row["test_samples"] = rs[0]["test_samples"]
-        rows.append(row)
-    return rows
+def sweep_summary(records: Sequence[dict]) -> list[dict]:
+    """One row per configuration (GROUP_KEYS): mean, sample std (over seeds), min, max of
+    each of METRICS (runs.seed_summary), and the configuration's test_samples."""
+    return seed_summary(records, GROUP_KEYS, METRICS, first=("test_samples",))
 
 
-def compare_results(new: dict, reference: dict, metric: str = "test_acc") -> list[dict]:
+def compare_sweep(new: dict, reference: dict, metric: str = "test_acc") -> list[dict]:
     """Per configuration: is the new mean within the seed spread of the reference?
 
     Tolerance: two standard deviations over seeds (the larger of the two runs'), and at
@@ -407,24 +386,26 @@ def missing_configurations(new: dict, reference: dict) -> list[dict]:
     return [r for r in reference["summary"] if tuple(r[k] for k in GROUP_KEYS) not in keys]
 
 
-# ----------------------------------------------------------------------------- results
+# ----------------------------------------------------------------------------- as experiments
 
-def load_results(name_or_path: str | Path) -> dict:
-    """results.json of an experiment: by name, the committed quick results that ship with
-    the kit (or $DUAT_RESULTS/<name>, see duat.locations.committed); else a results.json or
-    the folder of one."""
-    return _load_results(name_or_path, names=list(EXPERIMENTS),
-                         keys=("experiment", "x", "profile", "records", "summary"))
-
-
-def plot_results(results: dict):
-    """The experiment's figure: seaborn lines, mean over seeds with +-1 sd bars, seeds as dots.
-    Titled with the registry's title (a results file keeps the title it was written with)."""
-    known = results.get("experiment") in EXPERIMENTS
-    return plot_sweep(results, EXPERIMENTS[results["experiment"]].title if known else None)
+def plot_sweep_results(results: dict):
+    """The sweep's figure: seaborn lines, mean over seeds with +-1 sd bars, seeds as dots.
+    Titled with the sweep's title in SWEEPS (a results file keeps the title it was written with)."""
+    known = results.get("experiment") in SWEEPS
+    return plot_sweep(results, SWEEPS[results["experiment"]].title if known else None)
 
 
-def write_results(results: dict, out_dir: str | Path) -> None:
-    """results.csv (every record), summary.csv, <experiment>.png, then results.json."""
-    _write_results(results, out_dir, {"results.csv": results["records"], "summary.csv": results["summary"]},
-                   {f"{results['experiment']}.png": plot_results}, bbox_inches="tight")
+def _tables(results: dict) -> dict:
+    return {"results.csv": results["records"], "summary.csv": results["summary"]}
+
+
+def _experiment(sweep: Sweep) -> Experiment:
+    """A sweep as one of `duat reproduce`'s experiments: results.csv (every record),
+    summary.csv, <name>.png, then results.json."""
+    return Experiment(sweep.name, sweep.title, partial(run_sweep, sweep.name), _tables,
+                      {f"{sweep.name}.png": plot_sweep_results},
+                      ("experiment", "x", "profile", "records", "summary"), format_sweep,
+                      compare=compare_sweep, savefig={"bbox_inches": "tight"}, one_process=False)
+
+
+SWEEP_EXPERIMENTS = tuple(_experiment(s) for s in SWEEPS.values())

@@ -101,8 +101,9 @@ def static_vs_dynamic(targets=tuple(TARGETS), N: int = 12, k: int = 4, activatio
     return records
 
 
-def summarize(records: list[dict]) -> list[dict]:
-    """Mean test RMSE per (target, model) over seeds, with the dynamic / static ratio."""
+def rmse_summary(records: list[dict]) -> list[dict]:
+    """Mean test RMSE per target over seeds, of the static and the dynamic UAT, with their
+    parameter counts and the dynamic / static ratio."""
     out = {}
     for r in records:
         row = out.setdefault(r["target"], {"target": r["target"]})
@@ -117,7 +118,8 @@ def summarize(records: list[dict]) -> list[dict]:
     return rows
 
 
-def format_summary(rows: list[dict]) -> str:
+def format_rmse_summary(rows: list[dict]) -> str:
+    """rmse_summary's rows as a plain-text table."""
     lines = [f"{'target':<15}{'params s/d':>12}{'static rmse':>13}{'dynamic rmse':>14}{'dyn/static':>12}"]
     for r in rows:
         lines.append(f"{r['target']:<15}{str(r['static_params']) + '/' + str(r['dynamic_params']):>12}"

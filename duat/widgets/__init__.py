@@ -1,7 +1,7 @@
 """Interactive dashboards for notebook 09: vary depth m and width n, watch latency and
 accuracy move (docs/method.md sections 4-5).
 
-    from duat.widgets import DepthWidthExplorer, LiveTrainer, dashboard
+    from duat.widgets import DepthWidthExplorer, DeviceTimer, LiveTrainer, dashboard
 
 Each dashboard is a small class whose state can be read and driven without a browser
 (set a control's `.value`, call a button's `.click()`, read `.state`, `.results`,
@@ -9,7 +9,9 @@ Each dashboard is a small class whose state can be read and driven without a bro
 freezes the page: sliders use continuous_update=False, training runs in a background
 thread that a Stop button ends within one batch. The two know of each other through
 duat.widgets.trainer.running_trainers(): Measure holds every training run of the kernel
-between two batches while it times, so that it times the models and nothing else.
+between two batches while it times, so that it times the models and nothing else. What
+the explorer measures of the device goes through its timer (a DeviceTimer unless another
+object with its methods is passed: `DepthWidthExplorer(timer=...)`).
 
 ipywidgets and matplotlib are imported here, so import this module only where widgets
 are wanted (`import duat` does not import it).
@@ -17,6 +19,7 @@ are wanted (`import duat` does not import it).
 import ipywidgets as w
 
 from duat.widgets.explorer import DepthWidthExplorer
+from duat.widgets.timer import DeviceTimer
 from duat.widgets.trainer import LiveTrainer
 
 
@@ -30,4 +33,4 @@ def dashboard(explorer_kwargs: dict | None = None, trainer_kwargs: dict | None =
     return tabs, explorer, trainer
 
 
-__all__ = ["DepthWidthExplorer", "LiveTrainer", "dashboard"]
+__all__ = ["DepthWidthExplorer", "DeviceTimer", "LiveTrainer", "dashboard"]

@@ -2,14 +2,15 @@
 FLOPs on this device, and place both on a latency-vs-layers plot with the two floors of
 the kit's latency model t ~ max(ops x overhead, FLOPs / peak) (notebook 05): the FLOP bound
 FLOPs / peak, and the overhead floor ops x overhead, where ops is the number of aten
-operations one forward pass dispatches (harness.count_ops) and overhead the measured fixed
-cost of one operation on the device (harness.op_overhead).
+operations one forward pass dispatches and overhead the measured fixed cost of one
+operation on the device.
 
 The maths is docs/method.md section 4: both models have m*n encoder layers and the same FLOPs;
 the serial one must run them one after another, Para-Former runs each stage's n layers
-as one batched computation. Timing uses the benchmark's own code (duat.bench.harness):
-untimed warm-up calls first, then the two models' timed calls in alternating rounds with
-garbage collection off, so that a slow drift in machine load hits both alike.
+as one batched computation. Every measurement goes through the explorer's timer, by
+default a DeviceTimer (duat.widgets.timer), which uses the benchmark's own code: untimed
+warm-up calls first, then the two models' timed calls in alternating rounds with garbage
+collection off, so that a slow drift in machine load hits both alike.
 
 Two things make a latency reading wrong without any error: something else running in the
 kernel meanwhile, and a busy machine. Measure therefore holds every live training run of
@@ -37,12 +38,13 @@ import torch
 from IPython.display import display
 from matplotlib.ticker import MaxNLocator
 
-from duat.bench import harness  # by module: its timing is what is measured (and what tests fake)
+from duat.bench.timing import add_overhead_model
 from duat.counting import count_parameters, flops
 from duat.paraformer import ParaFormer
 from duat.registry import create_model, model_config
 from duat.runtime import available_devices
 from duat.widgets.render import figure_png, html_table, new_figure, picture
+from duat.widgets.timer import DeviceTimer
 from duat.widgets.trainer import running_trainers
 
 DIMS = [32, 64, 96, 128, 192, 256, 384]
@@ -69,17 +71,17 @@ SETTING = ("dim", "heads", "batch", "device")   # with the model, what makes two
 SPREAD_LIMIT = 1.5
 SLOWDOWN_LIMIT = 2.0
 # Untimed calls per model before its timed ones (first calls allocate memory and pick
-# kernels); fewer when they take over a third of seconds_per_model (the harness's budget).
+# kernels); fewer when they take over a third of seconds_per_model (DeviceTimer.time_models).
 WARMUP_CALLS = 5
 ROUNDS = 3         # the timed calls are split into rounds that alternate the two models
-# Timed calls of the per-op overhead probe (harness.op_overhead; 5 untimed ones first). The
+# Timed calls of the per-op overhead probe (DeviceTimer.op_overhead; 5 untimed ones first). The
 # probe's call is a few ms on a CPU, so the whole measurement takes well under a second.
 OVERHEAD_REPS = 20
-OVERHEAD_TRIES = 3  # readings of it at most, while they are too noisy (op_overhead)
+OVERHEAD_TRIES = 3  # readings of it at most, while they are too noisy (explorer.op_overhead)
 
 
 def noise_reason(stats: dict, earlier_medians: list[float]) -> str | None:
-    """Why a reading (a summarize() dict) is too noisy to trust, or None when it is not.
+    """Why a reading (a latency_stats dict) is too noisy to trust, or None when it is not.
 
     earlier_medians: the medians (ms) of earlier readings of the same model and setting."""
     reasons = []
@@ -98,17 +100,21 @@ class DepthWidthExplorer:
     Readable state: `.state` (the controls), `.results` (every measurement so far, newest
     last; `noisy` is None or why it is too noisy), `.message` (what the dashboard says),
     `.plot_data()` (the plotted series).
+
+    `timer`: what measures the device (the matmul peak, the per-op overhead, op counts and
+    the models' latency); default a DeviceTimer, any object with its methods will do.
     """
 
     def __init__(self, depth: int = 1, width: int = 4, dim: int = 64, heads: int = 4,
                  batch: int = 1, device: str | None = None, image_size: int = 32,
                  in_channels: int = 3, patch_size: int = 4, reps: int = 15,
-                 seconds_per_model: float = 2.0):
+                 seconds_per_model: float = 2.0, timer: DeviceTimer | None = None):
+        self.timer = DeviceTimer() if timer is None else timer
         self.image = dict(image_size=image_size, in_channels=in_channels, patch_size=patch_size)
         self.reps, self.seconds_per_model = reps, seconds_per_model
         self.results: list[dict] = []
         self._peaks: dict[str, float] = {}
-        self._overheads: dict[str, dict] = {}          # device -> harness.op_overhead(...)
+        self._overheads: dict[str, dict] = {}          # device -> timer.op_overhead(...)
         self._serial_ops: dict[tuple, tuple[int, int]] = {}  # (dim, heads, device) -> (a, b)
         style = {"description_width": "90px"}
         slider = dict(continuous_update=False, style=style, layout=w.Layout(width="330px"))
@@ -209,19 +215,18 @@ class DepthWidthExplorer:
     def peak_gflops(self, device: str) -> float:
         """The device's matmul rate (measured once per device, cached)."""
         if device not in self._peaks:
-            sizes = (512, 1024) if device == "cpu" else None
-            self._peaks[device] = harness.matmul_peak(device, "float32", sizes=sizes, reps=5)["gflops"]
+            self._peaks[device] = self.timer.matmul_gflops(device)
         return self._peaks[device]
 
     def op_overhead(self, device: str) -> dict:
-        """The device's fixed cost of one operation (harness.op_overhead), measured once per
+        """The device's fixed cost of one operation (the timer's op_overhead), measured once per
         device and cached; `us_per_op` is the median, in microseconds. A reading too noisy to
         trust (`noisy`: its p75/p25 above SPREAD_LIMIT, something else had the processor) is
         measured again at the next call, OVERHEAD_TRIES readings at most, and the one with
         the lowest median is kept (contention only ever makes the probe slower)."""
         old = self._overheads.get(device)
         if old is None or (old["noisy"] and old["tries"] < OVERHEAD_TRIES):
-            new = dict(harness.op_overhead(device, "float32", reps=OVERHEAD_REPS))
+            new = dict(self.timer.op_overhead(device, OVERHEAD_REPS))
             new["noisy"] = new["us_p25"] > 0 and new["us_p75"] / new["us_p25"] > SPREAD_LIMIT
             new["tries"] = 1 if old is None else old["tries"] + 1
             if old is not None and old["us_per_op"] <= new["us_per_op"]:
@@ -245,7 +250,7 @@ class DepthWidthExplorer:
         model = ParaFormer(config).eval().to(device)
         x = torch.zeros(batch, self.image["in_channels"], self.image["image_size"],
                         self.image["image_size"], device=device)
-        return harness.count_ops(lambda: model(x))   # of a steady pass, after a warm one
+        return self.timer.count_ops(lambda: model(x))   # of a steady pass, after a warm one
 
     def measure(self) -> list[dict] | None:
         """Time Para-Former-m-n and serial ViT-(m*n); returns the two new records, or None
@@ -294,11 +299,9 @@ class DepthWidthExplorer:
         return new
 
     def _time_both(self) -> list[dict] | None:
-        """The two records, timed by the benchmark's own loop; None (and a message) on error."""
+        """The two records, timed by the timer; None (and a message) on error."""
         s = self.state
         device = torch.device(s["device"])
-        spec = harness.BenchSpec(warmup=WARMUP_CALLS, reps=max(3, self.reps), min_reps=3, rounds=ROUNDS,
-                         max_case_seconds=self.seconds_per_model)
         self._say("measuring ...")
         self.measure_button.disabled = True
         try:
@@ -308,35 +311,34 @@ class DepthWidthExplorer:
             torch.manual_seed(0)
             x = torch.randn(s["batch"], self.image["in_channels"], self.image["image_size"],
                             self.image["image_size"], device=device)
-            cases = []  # a benchmark case per model; its `implementation` is the model's name
+            models = {}
             for name in self.model_names():
                 torch.manual_seed(0)
-                model = create_model(name, dim=s["dim"], heads=s["heads"], **self.image).eval().to(device)
-                cases.append(harness.Case(name, "eager", model.config.layers, s["batch"], model,
-                                          harness.make_callable(model, x, "eager")))
-            harness.time_cases(cases, spec, device, say=lambda _: None)
-            for case in cases:  # one more, untimed pass each, counted: a warm model at this batch
-                case.ops = harness.count_ops(case.fn, warm=False)  # just timed: warm
+                models[name] = create_model(name, dim=s["dim"], heads=s["heads"], **self.image).eval().to(device)
+            timings = self.timer.time_models(list(models.values()), x, warmup=WARMUP_CALLS, reps=self.reps,
+                                             rounds=ROUNDS, seconds_per_model=self.seconds_per_model)
+            # one more, untimed pass each, counted: a warm model (just timed) at this batch
+            ops = [self.timer.count_ops(lambda m=m: m(x), warm=False) for m in models.values()]
         except Exception as err:  # shown on the dashboard, never raised into the page
             self._say(f"<b style='color:#b00'>measurement failed: {type(err).__name__}: {html.escape(str(err))}</b>")
             return None
         finally:
             self.measure_button.disabled = False
         new = []
-        for case in cases:
-            c, stats = case.model.config, harness.summarize(case.seconds)
+        for (name, model), timing, n_ops in zip(models.items(), timings, ops):
+            c, stats = model.config, timing.stats
             fl = flops(c, s["batch"])
-            earlier = [r["median_ms"] for r in self._readings(case.implementation)]
+            earlier = [r["median_ms"] for r in self._readings(name)]
             bound_ms = fl / (peak * 1e9) * 1e3
-            lat = harness.add_overhead_model(dict(ops=case.ops, flop_bound_ms=bound_ms), us_per_op)
-            new.append(dict(model=case.implementation, label=_label(case.implementation),
+            lat = add_overhead_model(dict(ops=n_ops, flop_bound_ms=bound_ms), us_per_op)
+            new.append(dict(model=name, label=_label(name),
                             layers=c.layers, depth=c.depth, width=c.width,
-                            params=count_parameters(case.model), gflops=fl / 1e9,
-                            warmup=case.warmup, reps=len(case.seconds),
+                            params=count_parameters(model), gflops=fl / 1e9,
+                            warmup=timing.warmup, reps=len(timing.seconds),
                             median_ms=stats["median_ms"], p25_ms=stats["p25_ms"],
-                            p75_ms=stats["p75_ms"], samples_ms=[t * 1e3 for t in case.seconds],
+                            p75_ms=stats["p75_ms"], samples_ms=[t * 1e3 for t in timing.seconds],
                             noisy=noise_reason(stats, earlier), bound_ms=bound_ms,
-                            peak_gflops=peak, ops=case.ops, us_per_op=us_per_op,
+                            peak_gflops=peak, ops=n_ops, us_per_op=us_per_op,
                             overhead_ms=lat["overhead_ms"], predicted_ms=lat["predicted_ms"],
                             bound_by=lat["bound_by"], **{k: s[k] for k in SETTING},
                             time=time.strftime("%H:%M:%S")))

@@ -28,7 +28,8 @@ from IPython.display import display
 
 from duat.counting import count_parameters
 from duat import data as datasets  # by module: load_data is looked up when a run starts
-from duat.experiments import EXPERIMENTS, load_results
+from duat.experiments import load_results
+from duat.experiments.sweeps import SWEEPS
 from duat.registry import create_model
 from duat.runtime import seed_everything, select_device
 from duat.training import TrainConfig, evaluate, fit
@@ -48,7 +49,7 @@ PAUSE_WAIT_S = 30.0
 # The quick sweep's plan: its data, model size and overrides, batch, learning rate,
 # warm-up share, weight decay and epochs are the trainer's defaults.
 SWEEP = "accuracy-vs-width"
-RECIPE = EXPERIMENTS[SWEEP].quick
+RECIPE = SWEEPS[SWEEP].quick
 
 _TRAINERS: "weakref.WeakSet[LiveTrainer]" = weakref.WeakSet()   # every LiveTrainer made here
 
@@ -78,7 +79,7 @@ class LiveTrainer:
     'stopped', 'failed'), `.history` (the current run's epoch records), `.runs` (one record
     per finished run), `.message`. `start()` returns at once; `join()` waits for the run;
     `run()` does both (what a notebook cell or a test calls); `with paused():` holds the
-    run between two batches for the duration of the block.
+    run between two batches for the duration of the block (`.held` says it waits there).
     """
 
     def __init__(self, model: str = "pf-1-4", dataset: str = RECIPE.dataset, epochs: int = RECIPE.epochs,
@@ -133,6 +134,11 @@ class LiveTrainer:
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def held(self) -> bool:
+        """True while a paused() block holds the run: it waits at the end of a batch."""
+        return self._held.is_set()
 
     # ------------------------------------------------------------------ control
     def start(self) -> bool:
