@@ -79,6 +79,12 @@ def test_load_results_refuses_results_of_no_known_experiment(tmp_path):
         ex.compare_results(ex.load_results("finetune"), ex.load_results("finetune"))
 
 
+def test_results_compare_only_with_results_of_the_same_kind():
+    with pytest.raises(ValueError, match="the reference holds accuracy-vs-width results"):
+        ex.compare_results(ex.load_results("composition"), ex.load_results("accuracy-vs-width"))
+    assert ex.compare_results(ex.load_results("data-scale"), ex.load_results("data-scale"))
+
+
 def test_quick_plans_are_the_documented_sweeps():
     width = sweeps.get_sweep("accuracy-vs-width").quick
     assert {f"pf-1-{n}" for n in (1, 2, 4, 8, 12)} <= set(width.models)

@@ -89,7 +89,10 @@ def compare_results(results: dict, reference: dict) -> list[dict]:
     """Per configuration, the new mean against the reference's: reference, new, difference,
     tolerance and whether it is within (the sweeps: two seed spreads and one test image;
     composition: max(2 sd, 0.02))."""
-    experiment = experiment_of(results)
+    experiment, other = experiment_of(results), experiment_of(reference)
     if experiment.compare is None:
         raise ValueError(f"comparing results is not supported for the {experiment.name} experiment")
+    if other.compare is not experiment.compare:
+        raise ValueError(f"the reference holds {other.name} results; {experiment.name} results "
+                         f"compare only with results of the same kind")
     return experiment.compare(results, reference)
